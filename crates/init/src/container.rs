@@ -1,0 +1,713 @@
+//! C2: the container's first process, from "in its namespaces and cgroup" to `execve`.
+//!
+//! Runs as root of the container's user namespace in a fresh mount namespace that is a copy of
+//! the host's, with the rootfs already prepared at `plan.rootfs.target` (see [`crate::create`]).
+//! The steps, in order:
+//! 1. make every mount a slave, so nothing done here propagates back to the host;
+//! 2. bind the rootfs onto itself, so that it is a mount point `pivot_root` accepts;
+//! 3. the spec's mounts, each destination resolved inside the rootfs without following a symlink
+//!    out of it; devices bound from the host's /dev (a user namespace cannot mknod);
+//! 4. `pivot_root` and detach the old root;
+//! 5. masked and read-only paths, read-only root;
+//! 6. hostname, sysctls, rlimits;
+//! 7. credentials: groups, gid, uid, capabilities, no_new_privs; cwd;
+//! 8. report ready, block until Start, close every fd but stdio, exec.
+
+use crate::create::{clone_flag, Channel};
+use crate::proto::{Sync, EXEC_STATUS_FD, START_FD};
+use crate::{error_chain, InitError};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::{chdir, pivot_root, sethostname, setresgid, setresuid, Gid, Uid};
+use oci_spec::runtime::{Mount, PosixRlimit, Spec};
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd};
+use std::os::unix::fs::symlink;
+use std::path::{Component, Path, PathBuf};
+use usernsrs_runtime_core::mount_options::{flags as mflags, parse_mount_options};
+use usernsrs_runtime_core::{ContainerPlan, NamespaceKind};
+
+const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Entry point of C2. Never returns: it execs the container process or exits.
+pub(crate) fn run(plan: &ContainerPlan, mut chan: Channel) -> ! {
+    let prepared = (|| -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+        chan.expect_proceed()?;
+        setup(plan)
+    })();
+    let (path, args, env) = match prepared {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = chan.send(&Sync::Error(error_chain(&e)));
+            // SAFETY: leave the forked child without running the helper's destructors.
+            unsafe { libc::_exit(1) }
+        }
+    };
+    if chan.send(&Sync::Ready).is_err() {
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) }
+    }
+    drop(chan);
+
+    // Step 8: wait for Start. EOF without a byte means the shim gave up on us (Delete of a
+    // created container, or the shim died): exit quietly.
+    // SAFETY: START_FD is the start pipe's read end, handed to the helper by the shim (proto).
+    let mut start = unsafe { fs::File::from_raw_fd(START_FD) };
+    let mut byte = [0u8; 1];
+    if !matches!(start.read(&mut byte), Ok(1)) {
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) }
+    }
+    drop(start);
+    // Only stdio and the close-on-exec status pipe reach exec (CVE-2024-21626 class leaks).
+    let _ = fcntl(
+        // SAFETY: EXEC_STATUS_FD is the status pipe's write end (proto), open in this process.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(EXEC_STATUS_FD) },
+        FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
+    );
+    close_fds_from(EXEC_STATUS_FD + 1);
+    let err = nix::unistd::execve(&path, &args, &env).err();
+    let msg = format!(
+        "exec {:?}: {}",
+        path,
+        err.map(|e| std::io::Error::from(e).to_string())
+            .unwrap_or_default()
+    );
+    // SAFETY: as above; EXEC_STATUS_FD is still ours.
+    let mut status = unsafe { fs::File::from_raw_fd(EXEC_STATUS_FD) };
+    let _ = status.write_all(msg.as_bytes());
+    // SAFETY: as above.
+    unsafe { libc::_exit(127) }
+}
+
+impl Channel {
+    fn expect_proceed(&mut self) -> Result<(), InitError> {
+        match self.recv()? {
+            Sync::Proceed => Ok(()),
+            other => Err(InitError::Protocol(format!(
+                "expected Proceed, got {other:?}"
+            ))),
+        }
+    }
+}
+
+fn close_fds_from(first: i32) {
+    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd >= first)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: closing descriptors this process owns; none is used after this point
+        // (the directory fd read_dir used is already closed, so EBADF at worst).
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn fail(msg: impl Into<String>) -> InitError {
+    InitError::Container(msg.into())
+}
+
+fn sys_mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: u64,
+    data: Option<&str>,
+) -> nix::Result<()> {
+    mount(
+        source,
+        target,
+        fstype,
+        MsFlags::from_bits_retain(flags as libc::c_ulong),
+        data,
+    )
+}
+
+fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> InitError {
+    let what = what.to_string();
+    let target = target.to_path_buf();
+    move |e| InitError::Mount {
+        what,
+        target,
+        err: e.into(),
+    }
+}
+
+/// Steps 1 to 7. Returns what to exec.
+fn setup(plan: &ContainerPlan) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+    let spec = &plan.spec;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or(fail("spec has no linux section"))?;
+    let root = plan.rootfs.target.as_path();
+
+    // The cgroup namespace, now that we are in the container's cgroup.
+    if let Some(ns) = plan
+        .namespaces
+        .iter()
+        .find(|n| n.kind == NamespaceKind::Cgroup)
+    {
+        match &ns.path {
+            None => unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(InitError::sys("unshare cgroup namespace"))?,
+            Some(p) => {
+                let fd =
+                    fs::File::open(p).map_err(InitError::io(format!("open {}", p.display())))?;
+                setns(fd.as_fd(), clone_flag(NamespaceKind::Cgroup)).map_err(InitError::sys(
+                    format!("join cgroup namespace {}", p.display()),
+                ))?;
+            }
+        }
+    }
+
+    // Step 1.
+    let propagation = match linux.rootfs_propagation().as_deref() {
+        Some("shared") | Some("rshared") => mflags::SHARED | mflags::REC,
+        Some("private") | Some("rprivate") => mflags::PRIVATE | mflags::REC,
+        Some("unbindable") | Some("runbindable") => mflags::UNBINDABLE | mflags::REC,
+        _ => mflags::SLAVE | mflags::REC,
+    };
+    sys_mount(None, Path::new("/"), None, propagation, None)
+        .map_err(mount_err("propagation of /", Path::new("/")))?;
+
+    // Step 2.
+    sys_mount(Some(root), root, None, mflags::BIND | mflags::REC, None)
+        .map_err(mount_err("rootfs onto itself", root))?;
+
+    // Step 3.
+    let mut has_dev_tmpfs = false;
+    for m in spec.mounts().iter().flatten() {
+        mount_one(plan, m)?;
+        if m.destination() == Path::new("/dev") {
+            has_dev_tmpfs = true;
+        }
+    }
+    if has_dev_tmpfs {
+        setup_dev(root, spec)?;
+    }
+
+    // Step 4.
+    chdir(root).map_err(InitError::sys(format!("chdir {}", root.display())))?;
+    pivot_root(".", ".").map_err(InitError::sys("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(InitError::sys("detach the old root"))?;
+    chdir("/").map_err(InitError::sys("chdir /"))?;
+
+    // Step 5.
+    for p in linux.masked_paths().iter().flatten() {
+        mask_path(Path::new(p))?;
+    }
+    for p in linux.readonly_paths().iter().flatten() {
+        readonly_path(Path::new(p))?;
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        remount_readonly(Path::new("/"))?;
+    }
+
+    // Step 6.
+    let new_uts = plan
+        .namespaces
+        .iter()
+        .any(|n| n.kind == NamespaceKind::Uts && n.path.is_none());
+    if let Some(h) = spec.hostname().as_ref().filter(|h| !h.is_empty()) {
+        if !new_uts {
+            return Err(fail(
+                "hostname is set but the container has no new uts namespace",
+            ));
+        }
+        sethostname(h).map_err(InitError::sys(format!("set hostname {h}")))?;
+    }
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).map_err(InitError::io(format!("sysctl {key}={value}")))?;
+    }
+    let process = spec.process().as_ref().ok_or(fail("spec has no process"))?;
+    for rl in process.rlimits().iter().flatten() {
+        set_rlimit(rl)?;
+    }
+
+    // Step 7.
+    let user = process.user();
+    let gids: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(InitError::sys(format!("setgroups {gids:?}")))?;
+    nix::sys::prctl::set_keepcaps(true)
+        .map_err(InitError::sys("keep capabilities across setuid"))?;
+    let bounding = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone())
+        .unwrap_or_default();
+    let bounding = to_caps(&bounding)?;
+    for cap in caps::all() {
+        if !bounding.contains(&cap) {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(|e| fail(format!("drop bounding {cap}: {e}")))?;
+        }
+    }
+    let gid = Gid::from_raw(user.gid());
+    let uid = Uid::from_raw(user.uid());
+    setresgid(gid, gid, gid).map_err(InitError::sys(format!("setgid {gid}")))?;
+    setresuid(uid, uid, uid).map_err(InitError::sys(format!("setuid {uid}")))?;
+    if let Some(c) = process.capabilities() {
+        let set =
+            |which, list: &Option<oci_spec::runtime::Capabilities>| -> Result<(), InitError> {
+                let wanted = to_caps(&list.clone().unwrap_or_default())?;
+                caps::set(None, which, &wanted)
+                    .map_err(|e| fail(format!("set {which:?} capabilities: {e}")))
+            };
+        // Each capset must leave effective within permitted, and inheritable can only grow
+        // while CAP_SETPCAP is still effective: inheritable, then effective, then permitted.
+        set(caps::CapSet::Inheritable, c.inheritable())?;
+        set(caps::CapSet::Effective, c.effective())?;
+        set(caps::CapSet::Permitted, c.permitted())?;
+        if c.ambient().as_ref().is_some_and(|a| !a.is_empty()) {
+            set(caps::CapSet::Ambient, c.ambient())?;
+        }
+    } else {
+        caps::clear(None, caps::CapSet::Permitted)
+            .map_err(|e| fail(format!("clear capabilities: {e}")))?;
+    }
+    if process.no_new_privileges() == Some(true) {
+        nix::sys::prctl::set_no_new_privs().map_err(InitError::sys("set no_new_privs"))?;
+    }
+    if let Some(mask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+            mask as libc::mode_t,
+        ));
+    }
+    let cwd = process.cwd();
+    chdir(cwd.as_path()).map_err(InitError::sys(format!(
+        "chdir to process.cwd {}",
+        cwd.display()
+    )))?;
+
+    exec_target(spec)
+}
+
+fn to_caps(set: &oci_spec::runtime::Capabilities) -> Result<caps::CapsHashSet, InitError> {
+    set.iter()
+        .map(|c| {
+            let name = c.to_string();
+            let name = if name.starts_with("CAP_") {
+                name
+            } else {
+                format!("CAP_{name}")
+            };
+            name.parse::<caps::Capability>()
+                .map_err(|e| fail(format!("capability {name}: {e}")))
+        })
+        .collect()
+}
+
+fn set_rlimit(rl: &PosixRlimit) -> Result<(), InitError> {
+    let name = format!("{:?}", rl.typ()).to_uppercase();
+    let resource = match name.trim_start_matches("RLIMIT").trim_start_matches('_') {
+        "CPU" => libc::RLIMIT_CPU,
+        "FSIZE" => libc::RLIMIT_FSIZE,
+        "DATA" => libc::RLIMIT_DATA,
+        "STACK" => libc::RLIMIT_STACK,
+        "CORE" => libc::RLIMIT_CORE,
+        "RSS" => libc::RLIMIT_RSS,
+        "NPROC" => libc::RLIMIT_NPROC,
+        "NOFILE" => libc::RLIMIT_NOFILE,
+        "MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "AS" => libc::RLIMIT_AS,
+        "LOCKS" => libc::RLIMIT_LOCKS,
+        "SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "NICE" => libc::RLIMIT_NICE,
+        "RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RTTIME" => libc::RLIMIT_RTTIME,
+        other => return Err(fail(format!("process.rlimits: unknown limit {other}"))),
+    };
+    let lim = libc::rlimit {
+        rlim_cur: rl.soft(),
+        rlim_max: rl.hard(),
+    };
+    // SAFETY: `lim` is a valid rlimit value on the stack; setrlimit only reads it.
+    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+        return Err(InitError::Io {
+            context: format!("setrlimit {name} {}/{}", rl.soft(), rl.hard()),
+            err: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Resolves `dest` inside `root` the way the container would see it: symlinks are followed,
+/// but never out of `root` (an absolute link target restarts at `root`, `..` stops at it).
+pub(crate) fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, InitError> {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<PathBuf> = dest
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match Path::new(&part).components().next() {
+            None | Some(Component::RootDir) | Some(Component::CurDir) => continue,
+            Some(Component::ParentDir) => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = resolved.join(&part);
+        let host = root.join(&candidate);
+        match fs::symlink_metadata(&host) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(fail(format!(
+                        "too many symlinks resolving {} in the rootfs",
+                        dest.display()
+                    )));
+                }
+                let target = fs::read_link(&host)
+                    .map_err(InitError::io(format!("readlink {}", host.display())))?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    pending.push(PathBuf::from(c.as_os_str()));
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+fn mount_one(plan: &ContainerPlan, m: &Mount) -> Result<(), InitError> {
+    let root = plan.rootfs.target.as_path();
+    let dest = resolve_in_root(root, m.destination())?;
+    let typ = m.typ().as_deref().unwrap_or("");
+    let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
+    if opts.idmap.is_some() || m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+        return Err(fail(format!(
+            "mount {}: idmapped volume mounts are not implemented yet",
+            m.destination().display()
+        )));
+    }
+    let is_bind = opts.is_bind() || typ == "bind";
+    if is_bind {
+        let src = m.source().as_deref().ok_or(fail(format!(
+            "bind mount {} has no source",
+            m.destination().display()
+        )))?;
+        let src = if src.is_absolute() {
+            src.to_path_buf()
+        } else {
+            plan.bundle.join(src)
+        };
+        let md = fs::metadata(&src).map_err(InitError::io(format!(
+            "bind mount source {} for {}",
+            src.display(),
+            m.destination().display()
+        )))?;
+        make_mountpoint(&dest, md.is_dir())?;
+        let rec = opts.flags & mflags::REC;
+        sys_mount(Some(&src), &dest, None, mflags::BIND | rec, None)
+            .map_err(mount_err(&format!("bind {}", src.display()), &dest))?;
+        let extra = opts.flags & !(mflags::BIND | mflags::REC | mflags::REMOUNT);
+        if extra != 0 {
+            remount_with(&dest, extra)?;
+        }
+    } else {
+        make_mountpoint(&dest, true)?;
+        let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+        let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        let result = match typ {
+            "cgroup" | "cgroup2" => mount_cgroup(&dest, opts.flags),
+            _ => sys_mount(Some(&src), &dest, Some(typ), opts.flags, data),
+        };
+        match (typ, result) {
+            (_, Ok(())) => {}
+            // Without a network namespace of our own the kernel refuses a new sysfs in a user
+            // namespace; the host's, bound read-only, is what runc gives too.
+            ("sysfs", Err(nix::Error::EPERM)) | ("mqueue", Err(nix::Error::EPERM)) => {
+                let host = if typ == "sysfs" {
+                    "/sys"
+                } else {
+                    "/dev/mqueue"
+                };
+                sys_mount(
+                    Some(Path::new(host)),
+                    &dest,
+                    None,
+                    mflags::BIND | mflags::REC,
+                    None,
+                )
+                .map_err(mount_err(&format!("bind {host}"), &dest))?;
+                remount_with(&dest, opts.flags | mflags::RDONLY)?;
+            }
+            // devpts refuses gid=5 when gid 5 is not mapped in the user namespace.
+            ("devpts", Err(nix::Error::EINVAL)) if opts.data.contains("gid=") => {
+                let data: Vec<&str> = opts
+                    .data
+                    .split(',')
+                    .filter(|o| !o.starts_with("gid="))
+                    .collect();
+                sys_mount(
+                    Some(&src),
+                    &dest,
+                    Some(typ),
+                    opts.flags,
+                    Some(&data.join(",")),
+                )
+                .map_err(mount_err("devpts without gid=", &dest))?;
+            }
+            (_, Err(e)) => return Err(mount_err(&format!("{typ} {}", src.display()), &dest)(e)),
+        }
+    }
+    for p in &opts.propagation {
+        sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
+    }
+    Ok(())
+}
+
+/// A cgroup2 filesystem of the container's own cgroup namespace, or the host's tree bound
+/// read-only when the kernel refuses (no cgroup namespace of our own).
+fn mount_cgroup(dest: &Path, flags: u64) -> nix::Result<()> {
+    match sys_mount(
+        Some(Path::new("cgroup2")),
+        dest,
+        Some("cgroup2"),
+        flags,
+        None,
+    ) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            sys_mount(
+                Some(Path::new("/sys/fs/cgroup")),
+                dest,
+                None,
+                mflags::BIND | mflags::REC,
+                None,
+            )?;
+            remount_flags(dest, flags | mflags::RDONLY)
+        }
+    }
+}
+
+/// The flags of the mount at `path` that a user namespace may not clear (they are locked).
+fn locked_flags(path: &Path) -> u64 {
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else {
+        return 0;
+    };
+    let f = st.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut out = 0;
+    for (fs, m) in [
+        (FsFlags::ST_NOSUID, mflags::NOSUID),
+        (FsFlags::ST_NODEV, mflags::NODEV),
+        (FsFlags::ST_NOEXEC, mflags::NOEXEC),
+        (FsFlags::ST_RDONLY, mflags::RDONLY),
+        (FsFlags::ST_NOATIME, mflags::NOATIME),
+        (FsFlags::ST_NODIRATIME, mflags::NODIRATIME),
+        (FsFlags::ST_RELATIME, mflags::RELATIME),
+    ] {
+        if f.contains(fs) {
+            out |= m;
+        }
+    }
+    out
+}
+
+fn remount_flags(dest: &Path, flags: u64) -> nix::Result<()> {
+    let keep = locked_flags(dest) & !mflags::RDONLY;
+    sys_mount(
+        None,
+        dest,
+        None,
+        mflags::REMOUNT | mflags::BIND | flags | keep,
+        None,
+    )
+}
+
+fn remount_with(dest: &Path, flags: u64) -> Result<(), InitError> {
+    remount_flags(dest, flags).map_err(mount_err("remount with options", dest))
+}
+
+fn remount_readonly(dest: &Path) -> Result<(), InitError> {
+    remount_with(dest, mflags::RDONLY)
+}
+
+fn make_mountpoint(dest: &Path, dir: bool) -> Result<(), InitError> {
+    if dest.exists() {
+        return Ok(());
+    }
+    if dir {
+        fs::create_dir_all(dest).map_err(InitError::io(format!(
+            "create mount point {}",
+            dest.display()
+        )))
+    } else {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .map_err(InitError::io(format!("create {}", parent.display())))?;
+        }
+        fs::File::create(dest)
+            .map(drop)
+            .map_err(InitError::io(format!(
+                "create mount point {}",
+                dest.display()
+            )))
+    }
+}
+
+/// Devices for a fresh /dev tmpfs: bound from the host (mknod is refused in a user namespace),
+/// plus the usual symlinks.
+fn setup_dev(root: &Path, spec: &Spec) -> Result<(), InitError> {
+    let dev = root.join("dev");
+    let mut names: Vec<String> = DEFAULT_DEVICES.iter().map(|s| s.to_string()).collect();
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
+        if let Ok(rel) = d.path().strip_prefix("/dev") {
+            names.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    for name in names {
+        let host = Path::new("/dev").join(&name);
+        if !host.exists() {
+            continue;
+        }
+        let target = dev.join(&name);
+        make_mountpoint(&target, false)?;
+        sys_mount(Some(&host), &target, None, mflags::BIND, None)
+            .map_err(mount_err(&format!("bind {}", host.display()), &target))?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        let _ = symlink(to, dev.join(link));
+    }
+    if dev.join("pts/ptmx").exists() {
+        let _ = symlink("pts/ptmx", dev.join("ptmx"));
+    }
+    Ok(())
+}
+
+fn mask_path(p: &Path) -> Result<(), InitError> {
+    let md = match fs::metadata(p) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(InitError::Io {
+                context: format!("masked path {}", p.display()),
+                err: e,
+            })
+        }
+    };
+    if md.is_dir() {
+        sys_mount(
+            Some(Path::new("tmpfs")),
+            p,
+            Some("tmpfs"),
+            mflags::RDONLY,
+            None,
+        )
+    } else {
+        sys_mount(Some(Path::new("/dev/null")), p, None, mflags::BIND, None)
+    }
+    .map_err(mount_err("mask", p))
+}
+
+fn readonly_path(p: &Path) -> Result<(), InitError> {
+    if !p.exists() {
+        return Ok(());
+    }
+    sys_mount(Some(p), p, None, mflags::BIND | mflags::REC, None)
+        .map_err(mount_err("read-only bind", p))?;
+    remount_readonly(p)
+}
+
+/// The program to exec, its argv and envp. A bare name is looked up in the container's PATH now,
+/// so "not found" is a Create error, as with runc.
+fn exec_target(spec: &Spec) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+    let process = spec.process().as_ref().ok_or(fail("spec has no process"))?;
+    let args = process.args().clone().unwrap_or_default();
+    let env = process.env().clone().unwrap_or_default();
+    let first = args.first().ok_or(fail("process.args is empty"))?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| fail(format!("{s:?} contains a NUL byte")));
+    let path = if first.contains('/') {
+        PathBuf::from(first)
+    } else {
+        let search = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        search
+            .split(':')
+            .map(|dir| Path::new(dir).join(first))
+            .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file()))
+            .ok_or_else(|| {
+                fail(format!(
+                    "exec {first:?}: executable file not found in PATH {search}"
+                ))
+            })?
+    };
+    if fs::metadata(&path).is_err() {
+        return Err(fail(format!(
+            "exec {}: no such file in the container",
+            path.display()
+        )));
+    }
+    Ok((
+        cstr(&path.to_string_lossy())?,
+        args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_symlinks_without_leaving_the_root() {
+        let root = std::env::temp_dir().join(format!("usernsrs-resolve-{}", std::process::id()));
+        fs::create_dir_all(root.join("real/dir")).expect("mkdir");
+        symlink("/real", root.join("abs")).expect("link");
+        symlink("../../../../etc", root.join("escape")).expect("link");
+        symlink("real/dir", root.join("rel")).expect("link");
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/abs/dir")).expect("abs"),
+            root.join("real/dir")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/escape/passwd")).expect("esc"),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/rel/x")).expect("rel"),
+            root.join("real/dir/x")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/../../proc")).expect("dotdot"),
+            root.join("proc")
+        );
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+}

@@ -1,0 +1,502 @@
+//! The helper: a single-threaded process (the shim binary re-executed) that creates one
+//! container and exits.
+//!
+//! Why a separate process: creating a container forks and changes process-wide state (cwd,
+//! namespaces, credentials), which must never happen inside the shim's multi-threaded tokio
+//! runtime; and idmapping a mount needs host privileges (`mount_setattr` wants CAP_SYS_ADMIN over
+//! the filesystem's user namespace), so the rootfs is prepared here, on the host side, before the
+//! container process enters anything.
+//!
+//! The sequence, with the process that runs each step:
+//! 1. helper: fork C1 (its stage-one child). The helper is a child subreaper, so that C1's own
+//!    child stays the helper's to reap on rollback, and becomes the shim's once the helper exits.
+//! 2. C1: create (`unshare`) or join (`setns`) the user namespace; say so.
+//! 3. helper: write C1's `uid_map`/`gid_map` (new namespace), take a fd of the namespace, and
+//!    prepare the rootfs with it: idmapped bind of `root.path`, idmapped lower layers under an
+//!    overlay, or containerd's mounts as they are. All of it lands under the bundle.
+//! 4. C1: become root of the namespace, join namespaces given by path, unshare the new ones, fork
+//!    C2 (pid 1 of a new pid namespace), report its host pid, exit.
+//! 5. helper: put C2 in its cgroup, set its OOM score from the host side, tell it to go on.
+//! 6. C2: mounts, pivot_root, credentials ([`crate::container`]); report ready; block on the start
+//!    pipe.
+//! 7. helper: answer the shim with C2's pid and exit.
+//!
+//! Any failure rolls back what was done so far: C2 and C1 are killed and reaped, mounts made in
+//! step 3 are detached, the cgroup is removed. Nothing is left behind.
+
+use crate::cgroup::{Cgroup, CGROUP_ROOT};
+use crate::proto::{HelperReply, Sync, CONTROL_FD};
+use crate::{error_chain, InitError};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, setresgid, setresuid, ForkResult, Gid, Pid, Uid};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use usernsrs_runtime_core::mount_options::parse_mount_options;
+use usernsrs_runtime_core::rootfs::common_parent;
+use usernsrs_runtime_core::{ContainerPlan, IdmapWith, NamespaceKind, RootfsSource, UserNamespace};
+use usernsrs_sys::DetachedMount;
+
+/// One JSON message per line over a socket shared by the helper and its children.
+pub(crate) struct Channel(UnixStream);
+
+impl Channel {
+    pub(crate) fn send(&mut self, msg: &Sync) -> Result<(), InitError> {
+        let mut line = serde_json::to_vec(msg).map_err(InitError::json("encode sync message"))?;
+        line.push(b'\n');
+        self.0
+            .write_all(&line)
+            .map_err(InitError::io("write sync message"))
+    }
+
+    pub(crate) fn recv(&mut self) -> Result<Sync, InitError> {
+        // Byte by byte: messages are tiny and no buffered data may be left behind a fork.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            let n = self
+                .0
+                .read(&mut byte)
+                .map_err(InitError::io("read sync message"))?;
+            if n == 0 {
+                return Err(InitError::Protocol("peer exited before answering".into()));
+            }
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        let msg: Sync =
+            serde_json::from_slice(&line).map_err(InitError::json("decode sync message"))?;
+        match msg {
+            Sync::Error(e) => Err(InitError::Child(e)),
+            other => Ok(other),
+        }
+    }
+
+    fn expect(&mut self, what: &str, pred: impl Fn(&Sync) -> bool) -> Result<Sync, InitError> {
+        let msg = self.recv()?;
+        if pred(&msg) {
+            Ok(msg)
+        } else {
+            Err(InitError::Protocol(format!("expected {what}, got {msg:?}")))
+        }
+    }
+}
+
+/// Entry point of the helper subcommand. Never returns.
+pub fn helper_main() -> ! {
+    // SAFETY: the shim hands the helper its control socket as fd CONTROL_FD (see `proto`), and
+    // nothing else in this process owns that fd.
+    let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    let reply = match read_plan(&mut control).and_then(|plan| create(&plan)) {
+        Ok(pid) => HelperReply::Created { pid },
+        Err(e) => HelperReply::Failed {
+            error: error_chain(&e),
+        },
+    };
+    // One line: the container process keeps a copy of nothing here (C1 closes the control fd),
+    // but the shim reads up to the newline rather than relying on EOF.
+    let line = serde_json::to_vec(&reply).map(|mut bytes| {
+        bytes.push(b'\n');
+        bytes
+    });
+    let code = match line {
+        Ok(bytes) if control.write_all(&bytes).is_ok() => 0,
+        _ => 1,
+    };
+    std::process::exit(code)
+}
+
+fn read_plan(control: &mut UnixStream) -> Result<ContainerPlan, InitError> {
+    let mut bytes = Vec::new();
+    control
+        .read_to_end(&mut bytes)
+        .map_err(InitError::io("read the container plan"))?;
+    serde_json::from_slice(&bytes).map_err(InitError::json("decode the container plan"))
+}
+
+/// What to undo if creation fails part way.
+#[derive(Default)]
+struct Undo {
+    c1: Option<Pid>,
+    c2: Option<Pid>,
+    mounts: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Undo {
+    fn rollback(self) {
+        for pid in [self.c2, self.c1].into_iter().flatten() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        for target in self.mounts.iter().rev() {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+        }
+        for dir in self.dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+        if let Some(cg) = self.cgroup {
+            let _ = cg.remove();
+        }
+    }
+}
+
+fn create(plan: &ContainerPlan) -> Result<i32, InitError> {
+    let mut undo = Undo::default();
+    match create_steps(plan, &mut undo) {
+        Ok(pid) => Ok(pid),
+        Err(e) => {
+            undo.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError> {
+    // Step 1: C2 must stay reapable by us until we hand it over.
+    nix::sys::prctl::set_child_subreaper(true).map_err(InitError::sys("set child subreaper"))?;
+    let (ours, theirs) = UnixStream::pair().map_err(InitError::io("socketpair"))?;
+    let mut chan = Channel(ours);
+
+    // SAFETY: the helper is single-threaded (it is a fresh exec of the shim binary that starts
+    // no threads), so the child may allocate and run ordinary code after fork.
+    match unsafe { fork() }.map_err(InitError::sys("fork"))? {
+        ForkResult::Child => {
+            drop(chan);
+            stage_one(plan, Channel(theirs))
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            undo.c1 = Some(child);
+        }
+    }
+    let c1 = undo.c1.ok_or(InitError::Protocol("no C1".into()))?;
+
+    // Step 3: the user namespace's fd, then the rootfs on the host side.
+    chan.expect("UsernsReady", |m| matches!(m, Sync::UsernsReady))?;
+    let userns: Option<OwnedFd> = match &plan.user_namespace {
+        UserNamespace::Host => None,
+        UserNamespace::New(mapping) => {
+            // As host root no `setgroups` deny is needed before writing gid_map.
+            fs::write(format!("/proc/{c1}/uid_map"), mapping.uid.proc_format())
+                .map_err(InitError::io(format!("write uid_map {}", mapping.uid)))?;
+            fs::write(format!("/proc/{c1}/gid_map"), mapping.gid.proc_format())
+                .map_err(InitError::io(format!("write gid_map {}", mapping.gid)))?;
+            Some(open_fd(&format!("/proc/{c1}/ns/user"))?)
+        }
+        UserNamespace::Join { path, .. } => Some(open_fd(&path.to_string_lossy())?),
+    };
+    prepare_rootfs(plan, userns.as_ref(), undo)?;
+    drop(userns);
+    chan.send(&Sync::Proceed)?;
+
+    // Step 4 happens in C1; we learn C2's pid and reap C1.
+    let Sync::Pid(raw) = chan.expect("Pid", |m| matches!(m, Sync::Pid(_)))? else {
+        unreachable!("expect checked the variant")
+    };
+    let c2 = Pid::from_raw(raw);
+    undo.c2 = Some(c2);
+    waitpid(c1, None).map_err(InitError::sys("wait for stage one"))?;
+    undo.c1 = None;
+
+    // Step 5: cgroup and OOM score, from the host side.
+    if let Some(path) = &plan.cgroups_path {
+        let cg = Cgroup::new(Path::new(CGROUP_ROOT), path)
+            .map_err(InitError::io(format!("cgroup {path}")))?;
+        cg.create()
+            .map_err(InitError::io(format!("create cgroup {path}")))?;
+        undo.cgroup = Some(cg.clone());
+        cg.add(raw)
+            .map_err(InitError::io(format!("join cgroup {path}")))?;
+    }
+    if let Some(score) = plan.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        fs::write(format!("/proc/{raw}/oom_score_adj"), score.to_string())
+            .map_err(InitError::io(format!("set oom_score_adj {score}")))?;
+    }
+    chan.send(&Sync::Proceed)?;
+
+    // Step 6 happens in C2.
+    chan.expect("Ready", |m| matches!(m, Sync::Ready))?;
+    Ok(raw)
+}
+
+fn open_fd(path: &str) -> Result<OwnedFd, InitError> {
+    File::open(path)
+        .map(OwnedFd::from)
+        .map_err(InitError::io(format!("open {path}")))
+}
+
+/// C1: steps 2 and 4. Never returns.
+fn stage_one(plan: &ContainerPlan, mut chan: Channel) -> ! {
+    // The shim's control socket is the helper's business; the container must not hold it.
+    // SAFETY: CONTROL_FD is open in this forked copy and nothing here uses it.
+    unsafe { libc::close(CONTROL_FD) };
+    let result = (|chan: &mut Channel| -> Result<(), InitError> {
+        match &plan.user_namespace {
+            UserNamespace::Host => {}
+            UserNamespace::New(_) => unshare(CloneFlags::CLONE_NEWUSER)
+                .map_err(InitError::sys("unshare user namespace"))?,
+            UserNamespace::Join { path, .. } => {
+                let fd = open_fd(&path.to_string_lossy())?;
+                setns(fd.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(InitError::sys(format!(
+                    "join user namespace {}",
+                    path.display()
+                )))?;
+            }
+        }
+        chan.send(&Sync::UsernsReady)?;
+        chan.expect("Proceed", |m| matches!(m, Sync::Proceed))?;
+        if plan.user_namespace != UserNamespace::Host {
+            // Our host uid 0 is unmapped inside; root of the namespace owns what we create.
+            setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(
+                InitError::sys("become gid 0 in the user namespace (is container gid 0 mapped?)"),
+            )?;
+            setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(
+                InitError::sys("become uid 0 in the user namespace (is container uid 0 mapped?)"),
+            )?;
+        }
+        let mut new = CloneFlags::empty();
+        for ns in &plan.namespaces {
+            // The cgroup namespace is made by C2 once it is in its cgroup, so that the
+            // namespace's root is the container's cgroup.
+            if ns.kind == NamespaceKind::Cgroup {
+                continue;
+            }
+            let flag = clone_flag(ns.kind);
+            match &ns.path {
+                None => new |= flag,
+                Some(path) => {
+                    let fd = open_fd(&path.to_string_lossy())?;
+                    setns(fd.as_fd(), flag).map_err(InitError::sys(format!(
+                        "join {:?} namespace {}",
+                        ns.kind,
+                        path.display()
+                    )))?;
+                }
+            }
+        }
+        unshare(new).map_err(InitError::sys(format!("unshare namespaces {new:?}")))?;
+        // SAFETY: C1 is single-threaded (forked from the single-threaded helper).
+        match unsafe { fork() }.map_err(InitError::sys("fork the container process"))? {
+            ForkResult::Child => {
+                let own = chan
+                    .0
+                    .try_clone()
+                    .map_err(InitError::io("dup sync socket"))?;
+                crate::container::run(plan, Channel(own))
+            }
+            ForkResult::Parent { child } => chan.send(&Sync::Pid(child.as_raw())),
+        }
+    })(&mut chan);
+    if let Err(e) = result {
+        let _ = chan.send(&Sync::Error(error_chain(&e)));
+        // SAFETY: leaving the forked child without running destructors meant for the helper.
+        unsafe { libc::_exit(1) }
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
+}
+
+pub(crate) fn clone_flag(kind: NamespaceKind) -> CloneFlags {
+    match kind {
+        NamespaceKind::Mount => CloneFlags::CLONE_NEWNS,
+        NamespaceKind::Pid => CloneFlags::CLONE_NEWPID,
+        NamespaceKind::Network => CloneFlags::CLONE_NEWNET,
+        NamespaceKind::Ipc => CloneFlags::CLONE_NEWIPC,
+        NamespaceKind::Uts => CloneFlags::CLONE_NEWUTS,
+        NamespaceKind::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        NamespaceKind::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+/// The user namespace an idmapped mount takes: the container's, or one made for its mapping.
+fn idmap_userns(idmap: &IdmapWith, container: Option<&OwnedFd>) -> Result<OwnedFd, InitError> {
+    match idmap {
+        IdmapWith::Container => container
+            .ok_or(InitError::Protocol(
+                "rootfs idmap needs the container's user namespace".into(),
+            ))?
+            .try_clone()
+            .map_err(InitError::io("dup user namespace fd")),
+        IdmapWith::Mapping(m) => {
+            usernsrs_sys::user_namespace_fd(&m.uid.proc_format(), &m.gid.proc_format()).map_err(
+                InitError::io(format!(
+                    "user namespace for mapping uid {} gid {}",
+                    m.uid, m.gid
+                )),
+            )
+        }
+    }
+}
+
+fn mkdir_target(target: &Path, undo: &mut Undo) -> Result<(), InitError> {
+    if !target.exists() {
+        fs::create_dir_all(target)
+            .map_err(InitError::io(format!("create {}", target.display())))?;
+        undo.dirs.push(target.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Explains a failed idmap: which path, which filesystem, which kernel, and the way out.
+fn idmap_failure(path: &Path, err: std::io::Error) -> InitError {
+    InitError::Idmap {
+        path: path.to_path_buf(),
+        fs: crate::fs_type_name(path),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        err,
+    }
+}
+
+/// Step 3: prepares the rootfs at `plan.rootfs.target` on the host side.
+fn prepare_rootfs(
+    plan: &ContainerPlan,
+    userns: Option<&OwnedFd>,
+    undo: &mut Undo,
+) -> Result<(), InitError> {
+    let target = &plan.rootfs.target;
+    match &plan.rootfs.source {
+        RootfsSource::Directory { .. } => Ok(()),
+        RootfsSource::IdmappedDirectory { path, idmap } => {
+            let ns = idmap_userns(idmap, userns)?;
+            let tree = DetachedMount::clone_tree(path, true)
+                .map_err(InitError::io(format!("clone rootfs {}", path.display())))?;
+            tree.idmap(ns.as_fd(), true)
+                .map_err(|e| idmap_failure(path, e))?;
+            mkdir_target(target, undo)?;
+            tree.attach(target).map_err(InitError::io(format!(
+                "attach idmapped rootfs at {}",
+                target.display()
+            )))?;
+            undo.mounts.push(target.clone());
+            Ok(())
+        }
+        RootfsSource::IdmappedBind {
+            source,
+            readonly,
+            idmap,
+        } => {
+            let ns = idmap_userns(idmap, userns)?;
+            let tree = DetachedMount::clone_tree(source, true)
+                .map_err(InitError::io(format!("clone rootfs {}", source.display())))?;
+            tree.idmap(ns.as_fd(), true)
+                .map_err(|e| idmap_failure(source, e))?;
+            if *readonly {
+                let attrs = usernsrs_sys::MountAttrs {
+                    set: libc::MOUNT_ATTR_RDONLY,
+                    ..Default::default()
+                };
+                tree.set_attrs(attrs, None, true)
+                    .map_err(InitError::io("make rootfs read-only"))?;
+            }
+            mkdir_target(target, undo)?;
+            tree.attach(target).map_err(InitError::io(format!(
+                "attach idmapped rootfs at {}",
+                target.display()
+            )))?;
+            undo.mounts.push(target.clone());
+            Ok(())
+        }
+        RootfsSource::IdmappedOverlay {
+            lowerdirs,
+            upperdir,
+            workdir,
+            options,
+            idmap,
+        } => {
+            // One idmapped mount of the layers' common parent serves every layer. It is never
+            // attached: overlayfs resolves the lower paths through /proc/self/fd, keeps its own
+            // references, and the detached tree dissolves when the fd closes below.
+            let parent = common_parent(lowerdirs).ok_or_else(|| {
+                InitError::Protocol(format!(
+                    "overlay lower layers {lowerdirs:?} share no parent directory below /"
+                ))
+            })?;
+            let ns = idmap_userns(idmap, userns)?;
+            let tree = DetachedMount::clone_tree(&parent, false).map_err(InitError::io(
+                format!("clone layers parent {}", parent.display()),
+            ))?;
+            tree.idmap(ns.as_fd(), false)
+                .map_err(|e| idmap_failure(&parent, e))?;
+            let base = tree.proc_path();
+            let lowers: Vec<String> = lowerdirs
+                .iter()
+                .map(|d| {
+                    let rel = d.strip_prefix(&parent).unwrap_or(d);
+                    base.join(rel).to_string_lossy().into_owned()
+                })
+                .collect();
+            let mut data = vec![format!("lowerdir={}", lowers.join(":"))];
+            if let (Some(u), Some(w)) = (upperdir, workdir) {
+                data.push(format!("upperdir={}", u.display()));
+                data.push(format!("workdir={}", w.display()));
+            }
+            let opts = parse_mount_options(options);
+            if !opts.data.is_empty() {
+                data.push(opts.data.clone());
+            }
+            mkdir_target(target, undo)?;
+            mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                MsFlags::from_bits_retain(opts.flags as libc::c_ulong),
+                Some(data.join(",").as_str()),
+            )
+            .map_err(|e| InitError::Mount {
+                what: format!("overlay over idmapped layers of {}", parent.display()),
+                target: target.clone(),
+                err: e.into(),
+            })?;
+            undo.mounts.push(target.clone());
+            drop(tree);
+            Ok(())
+        }
+        RootfsSource::Mounts { mounts } => {
+            mkdir_target(target, undo)?;
+            for m in mounts {
+                let opts = parse_mount_options(&m.options);
+                let typ = if opts.is_bind() {
+                    None
+                } else {
+                    Some(m.typ.as_str())
+                };
+                let flags = MsFlags::from_bits_retain(opts.flags as libc::c_ulong);
+                let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+                mount(Some(m.source.as_str()), target, typ, flags, data).map_err(|e| {
+                    InitError::Mount {
+                        what: format!("{} {}", m.typ, m.source),
+                        target: target.clone(),
+                        err: e.into(),
+                    }
+                })?;
+                undo.mounts.push(target.clone());
+                if opts.is_bind() && opts.is_readonly() {
+                    mount(
+                        None::<&str>,
+                        target,
+                        None::<&str>,
+                        flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(|e| InitError::Mount {
+                        what: "read-only remount".into(),
+                        target: target.clone(),
+                        err: e.into(),
+                    })?;
+                }
+            }
+            Ok(())
+        }
+    }
+}

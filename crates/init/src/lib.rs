@@ -1,0 +1,111 @@
+//! Executes a [`ContainerPlan`](usernsrs_runtime_core::ContainerPlan) in a single-threaded
+//! helper process: namespaces, idmapped rootfs, mounts, `pivot_root`, credentials, exec.
+//!
+//! [`create::helper_main`] is the helper's entry point; [`proto`] is what passes between it and
+//! the shim; [`cgroup`] is shared with the shim, which lists, signals and removes the container's
+//! cgroup; [`cleanup`] undoes the host-side mounts, for Delete and for the `delete` subcommand.
+
+pub mod cgroup;
+pub mod cleanup;
+mod container;
+pub mod create;
+pub mod proto;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("{context}")]
+    Json {
+        context: String,
+        #[source]
+        err: serde_json::Error,
+    },
+    #[error("mount {what} on {target}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error(
+        "cannot idmap {path} (filesystem {fs}, kernel {kernel}): the kernel or filesystem does not \
+         support idmapped mounts here. Idmapped mounts need Linux 5.12+ (overlayfs layers 5.19+, \
+         tmpfs 6.3+) and a filesystem that supports them (ext4, xfs, btrfs, tmpfs; not NFS, not \
+         FUSE before 6.12, not ramfs). Way out: chown the rootfs into the mapped range and set the \
+         annotation usernsrs.io/rootfs-idmap=false"
+    )]
+    Idmap {
+        path: PathBuf,
+        fs: String,
+        kernel: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Container(String),
+    #[error("{0}")]
+    Child(String),
+    #[error("helper protocol: {0}")]
+    Protocol(String),
+}
+
+impl InitError {
+    pub(crate) fn io<C: Into<String>>(context: C) -> impl FnOnce(std::io::Error) -> InitError {
+        let context = context.into();
+        move |err| InitError::Io { context, err }
+    }
+
+    pub(crate) fn sys<C: Into<String>>(context: C) -> impl FnOnce(nix::Error) -> InitError {
+        let context = context.into();
+        move |err| InitError::Io {
+            context,
+            err: err.into(),
+        }
+    }
+
+    pub(crate) fn json<C: Into<String>>(context: C) -> impl FnOnce(serde_json::Error) -> InitError {
+        let context = context.into();
+        move |err| InitError::Json { context, err }
+    }
+}
+
+/// An error and its sources on one line: `a: b: c`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The name of the filesystem `path` is on, for error messages.
+pub fn fs_type_name(path: &Path) -> String {
+    let Ok(st) = nix::sys::statfs::statfs(path) else {
+        return "unknown".into();
+    };
+    let magic = st.filesystem_type().0 as u64;
+    let name = match magic {
+        0xEF53 => "ext4",
+        0x0102_1994 => "tmpfs",
+        0x794c_7630 => "overlay",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        0x8584_58f6 => "ramfs",
+        0x9fa0 => "proc",
+        0x6265_6572 => "sysfs",
+        _ => return format!("magic {magic:#x}"),
+    };
+    name.into()
+}

@@ -1,0 +1,42 @@
+//! What passes between the shim, the helper and the container's first processes.
+//!
+//! The shim starts the helper as `<shim binary> __usernsrs_create` with these fds:
+//! - 0, 1, 2: the container's stdio;
+//! - [`CONTROL_FD`]: a socket; the shim writes the [`ContainerPlan`](usernsrs_runtime_core::ContainerPlan)
+//!   as JSON and shuts down its write side; the helper answers one [`HelperReply`] and exits;
+//! - [`START_FD`]: the read end of the start pipe; the container blocks on it until Start;
+//! - [`EXEC_STATUS_FD`]: the write end of the exec status pipe, close-on-exec in the container:
+//!   EOF without data means the exec succeeded, otherwise it carries the error.
+
+use serde::{Deserialize, Serialize};
+
+/// The hidden subcommand of the shim binary that runs the helper.
+pub const HELPER_ARG: &str = "__usernsrs_create";
+pub const CONTROL_FD: i32 = 3;
+pub const START_FD: i32 = 4;
+pub const EXEC_STATUS_FD: i32 = 5;
+
+/// The helper's answer to the shim.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HelperReply {
+    /// The container's init runs (blocked until Start) as host pid `pid`.
+    Created { pid: i32 },
+    /// Nothing was left behind; `error` says what failed.
+    Failed { error: String },
+}
+
+/// Messages between the helper and the processes it forks, over a socket pair, one JSON
+/// document per line.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Sync {
+    /// Child → helper: the user namespace exists (new or joined).
+    UsernsReady,
+    /// Helper → child: maps written and rootfs prepared; go on.
+    Proceed,
+    /// Child → helper: the container's pid 1, as a host pid.
+    Pid(i32),
+    /// Container → helper: set up and waiting for Start.
+    Ready,
+    /// Child or container → helper: setup failed.
+    Error(String),
+}

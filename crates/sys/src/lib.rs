@@ -1,0 +1,13 @@
+//! The one place in usernsrs with `unsafe` syscalls.
+//!
+//! `nix` covers most of what the shim needs, but not the new mount API that idmapped mounts are
+//! built on (`open_tree`, `mount_setattr`, `move_mount`), and creating a user namespace only to
+//! borrow its id mapping needs a `fork`. Every `unsafe` block here carries a `SAFETY:` comment
+//! that names the invariant it relies on. Nothing here decides policy: callers pass in what to
+//! map and where.
+
+pub mod mount_api;
+pub mod userns;
+
+pub use mount_api::{DetachedMount, MountAttrs};
+pub use userns::user_namespace_fd;

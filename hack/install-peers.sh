@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests and the demo run against, and nothing else:
+#   - containerd 1.6 and runc 1.1 from Debian's packages (never started as a system service),
+#   - containerd v2.4.2, its ctr and containerd-shim-runc-v2, built from the Go module with the
+#     machine's Go into a cache outside the repository,
+#   - busybox-static, from which hack/build-images.sh makes the test images.
+# Idempotent: a second run on a warm machine takes about a second.
+set -euo pipefail
+
+CACHE=${USERNSRS_CACHE:-/var/cache/usernsrs}
+CONTAINERD2_VERSION=${CONTAINERD2_VERSION:-v2.4.2}
+PEERS="$CACHE/containerd-$CONTAINERD2_VERSION/bin"
+
+log() { printf '[install-peers] %s\n' "$*" >&2; }
+
+need_apt=()
+for pkg in containerd runc busybox-static; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt packages: ${need_apt[*]}"
+  # Keep the package from starting a system-wide containerd: tests start private ones.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0; [ -e "$policy" ] && had_policy=1
+  if [ $had_policy = 0 ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [ $had_policy = 0 ]; then rm -f "$policy"; fi
+fi
+
+if [ ! -x "$PEERS/containerd" ] || [ ! -x "$PEERS/ctr" ] || [ ! -x "$PEERS/containerd-shim-runc-v2" ]; then
+  command -v go >/dev/null || { log "go is needed to build containerd $CONTAINERD2_VERSION"; exit 1; }
+  log "building containerd $CONTAINERD2_VERSION with $(go version) (a few minutes, cached in $PEERS)"
+  mkdir -p "$PEERS"
+  GOBIN="$PEERS" GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local \
+    go install -tags no_btrfs \
+      "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
+fi
+log "peers ready: containerd $(containerd --version | awk '{print $3}') (Debian), $("$PEERS/containerd" --version | awk '{print $3}') in $PEERS"

@@ -1,0 +1,172 @@
+//! Parsing OCI mount options (`ro`, `nosuid`, `rbind`, `rprivate`, `mode=755`, ...) into the
+//! flags, propagation and data string of `mount(2)`, the way runc reads them.
+
+use serde::{Deserialize, Serialize};
+
+/// `mount(2)` flags, as in `<sys/mount.h>` (kept here so this crate needs no libc).
+pub mod flags {
+    pub const RDONLY: u64 = 1;
+    pub const NOSUID: u64 = 2;
+    pub const NODEV: u64 = 4;
+    pub const NOEXEC: u64 = 8;
+    pub const SYNCHRONOUS: u64 = 16;
+    pub const REMOUNT: u64 = 32;
+    pub const MANDLOCK: u64 = 64;
+    pub const DIRSYNC: u64 = 128;
+    pub const NOSYMFOLLOW: u64 = 256;
+    pub const NOATIME: u64 = 1024;
+    pub const NODIRATIME: u64 = 2048;
+    pub const BIND: u64 = 4096;
+    pub const REC: u64 = 16384;
+    pub const UNBINDABLE: u64 = 1 << 17;
+    pub const PRIVATE: u64 = 1 << 18;
+    pub const SLAVE: u64 = 1 << 19;
+    pub const SHARED: u64 = 1 << 20;
+    pub const RELATIME: u64 = 1 << 21;
+    pub const STRICTATIME: u64 = 1 << 24;
+    pub const LAZYTIME: u64 = 1 << 25;
+}
+
+/// What a list of options means for `mount(2)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountOptions {
+    /// Flags for the mount call itself.
+    pub flags: u64,
+    /// Propagation flags, applied by a second call (`MS_PRIVATE | MS_REC`, ...).
+    pub propagation: Vec<u64>,
+    /// Filesystem-specific data (`mode=755,size=65536k`).
+    pub data: String,
+    /// `idmap` or `ridmap` was given (Issue 3 implements id-mapped volumes).
+    pub idmap: Option<IdmapOption>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdmapOption {
+    /// `idmap`: the top mount only.
+    Idmap,
+    /// `ridmap`: the mount and its submounts.
+    Ridmap,
+}
+
+impl MountOptions {
+    pub fn is_bind(&self) -> bool {
+        self.flags & flags::BIND != 0
+    }
+
+    pub fn is_readonly(&self) -> bool {
+        self.flags & flags::RDONLY != 0
+    }
+}
+
+/// Parses `options`; unknown words go to the data string, as runc does.
+pub fn parse_mount_options<S: AsRef<str>>(options: &[S]) -> MountOptions {
+    use flags::*;
+    let mut out = MountOptions::default();
+    let mut data = Vec::new();
+    for opt in options {
+        let opt = opt.as_ref();
+        // (clear, flag)
+        let flag = match opt {
+            "defaults" => Some((false, 0)),
+            "ro" => Some((false, RDONLY)),
+            "rw" => Some((true, RDONLY)),
+            "suid" => Some((true, NOSUID)),
+            "nosuid" => Some((false, NOSUID)),
+            "dev" => Some((true, NODEV)),
+            "nodev" => Some((false, NODEV)),
+            "exec" => Some((true, NOEXEC)),
+            "noexec" => Some((false, NOEXEC)),
+            "sync" => Some((false, SYNCHRONOUS)),
+            "async" => Some((true, SYNCHRONOUS)),
+            "dirsync" => Some((false, DIRSYNC)),
+            "remount" => Some((false, REMOUNT)),
+            "mand" => Some((false, MANDLOCK)),
+            "nomand" => Some((true, MANDLOCK)),
+            "atime" => Some((true, NOATIME)),
+            "noatime" => Some((false, NOATIME)),
+            "diratime" => Some((true, NODIRATIME)),
+            "nodiratime" => Some((false, NODIRATIME)),
+            "relatime" => Some((false, RELATIME)),
+            "norelatime" => Some((true, RELATIME)),
+            "strictatime" => Some((false, STRICTATIME)),
+            "nostrictatime" => Some((true, STRICTATIME)),
+            "lazytime" => Some((false, LAZYTIME)),
+            "nolazytime" => Some((true, LAZYTIME)),
+            "nosymfollow" => Some((false, NOSYMFOLLOW)),
+            "bind" => Some((false, BIND)),
+            "rbind" => Some((false, BIND | REC)),
+            _ => None,
+        };
+        if let Some((clear, flag)) = flag {
+            if clear {
+                out.flags &= !flag;
+            } else {
+                out.flags |= flag;
+            }
+            continue;
+        }
+        let propagation = match opt {
+            "private" => Some(PRIVATE),
+            "rprivate" => Some(PRIVATE | REC),
+            "shared" => Some(SHARED),
+            "rshared" => Some(SHARED | REC),
+            "slave" => Some(SLAVE),
+            "rslave" => Some(SLAVE | REC),
+            "unbindable" => Some(UNBINDABLE),
+            "runbindable" => Some(UNBINDABLE | REC),
+            _ => None,
+        };
+        if let Some(p) = propagation {
+            out.propagation.push(p);
+            continue;
+        }
+        match opt {
+            "idmap" => out.idmap = Some(IdmapOption::Idmap),
+            "ridmap" => out.idmap = Some(IdmapOption::Ridmap),
+            _ => data.push(opt),
+        }
+    }
+    out.data = data.join(",");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flags::*;
+    use super::*;
+
+    #[test]
+    fn splits_flags_propagation_and_data() {
+        let o = parse_mount_options(&[
+            "nosuid",
+            "strictatime",
+            "mode=755",
+            "size=65536k",
+            "rprivate",
+        ]);
+        assert_eq!(o.flags, NOSUID | STRICTATIME);
+        assert_eq!(o.propagation, vec![PRIVATE | REC]);
+        assert_eq!(o.data, "mode=755,size=65536k");
+    }
+
+    #[test]
+    fn later_options_win_and_rbind_is_recursive_bind() {
+        let o = parse_mount_options(&["ro", "rw", "rbind"]);
+        assert!(!o.is_readonly());
+        assert!(o.is_bind());
+        assert_eq!(o.flags & REC, REC);
+    }
+
+    #[test]
+    fn recognises_idmap_options() {
+        assert_eq!(
+            parse_mount_options(&["bind", "idmap"]).idmap,
+            Some(IdmapOption::Idmap)
+        );
+        assert_eq!(
+            parse_mount_options(&["rbind", "ridmap"]).idmap,
+            Some(IdmapOption::Ridmap)
+        );
+        assert_eq!(parse_mount_options(&["rbind"]).idmap, None);
+    }
+}
