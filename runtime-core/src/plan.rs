@@ -220,6 +220,13 @@ fn check_unsupported(spec: &Spec) -> Result<(), PlanError> {
             reason: format!("SELinux label {l:?} cannot be applied"),
         });
     }
+    if spec.hooks().is_some() {
+        return Err(PlanError::Unsupported {
+            field: "hooks",
+            reason: "OCI hooks are not run yet, and skipping them would be silent degradation"
+                .into(),
+        });
+    }
     if spec
         .linux()
         .as_ref()

@@ -97,25 +97,17 @@ impl Cgroup {
         self.unified.iter().chain(self.v1.iter())
     }
 
-    /// Creates the directories. In a v1 cpuset hierarchy a new group has no cpus or mems and
-    /// refuses tasks, so each new level inherits its parent's.
+    /// Creates the directories. In a v1 cpuset hierarchy a group with empty `cpuset.cpus` or
+    /// `cpuset.mems` refuses tasks, so every such level on the way inherits its parent's.
     pub fn create(&self) -> io::Result<()> {
         for dir in self.all() {
-            let mut missing = Vec::new();
-            let mut d = dir.as_path();
-            while !d.exists() {
-                missing.push(d.to_path_buf());
-                d = match d.parent() {
-                    Some(p) => p,
-                    None => break,
-                };
-            }
-            for level in missing.iter().rev() {
-                match fs::create_dir(level) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
+            fs::create_dir_all(dir)?;
+            let chain: Vec<&Path> = dir
+                .ancestors()
+                .skip_while(|d| !d.join("cpuset.cpus").exists())
+                .take_while(|d| d.join("cpuset.cpus").exists())
+                .collect();
+            for level in chain.iter().rev() {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
                     let own = level.join(file);
                     if own.exists() && fs::read_to_string(&own)?.trim().is_empty() {

@@ -1,0 +1,38 @@
+# The project's entry points. README and .ci/run use these targets.
+#   make demo   install the peers, build, run a user-namespaced container end to end
+#   make test   install the peers, then every test: unit, and privileged integration tests
+#               against real containerd 1.6 and 2.4.2 (needs root)
+CARGO ?= cargo
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+SHIM_DEBUG := $(TARGET_DIR)/debug/containerd-shim-usernsrs-v2
+SHIM_RELEASE := $(TARGET_DIR)/release/containerd-shim-usernsrs-v2
+
+.PHONY: peers build build-debug demo test lint unit integration install
+
+peers:
+	bash hack/install-peers.sh
+
+build:
+	$(CARGO) build --release -p containerd-shim-usernsrs-v2
+
+build-debug:
+	$(CARGO) build -p containerd-shim-usernsrs-v2
+
+demo: peers build
+	USERNSRS_SHIM=$(SHIM_RELEASE) bash hack/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --exclude usernsrs-integration
+
+integration: peers build-debug
+	USERNSRS_SHIM=$(SHIM_DEBUG) $(CARGO) test -p usernsrs-integration -- --test-threads=1
+
+test: lint unit integration
+
+# Puts the release binary where containerd looks for it (PATH).
+install: build
+	install -m 0755 $(SHIM_RELEASE) /usr/local/bin/containerd-shim-usernsrs-v2
