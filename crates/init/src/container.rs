@@ -550,6 +550,26 @@ fn make_mountpoint(dest: &Path, dir: bool) -> Result<(), InitError> {
     if dest.exists() {
         return Ok(());
     }
+    let result = make_mountpoint_unchecked(dest, dir);
+    match result {
+        Err(InitError::Io { context, err })
+            if err.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err(InitError::Io {
+                context: format!(
+                    "{context}: the container's root cannot write there because the rootfs is \
+                     owned by a host id outside the mapping and not idmapped; create the mount \
+                     point in the image, or let the shim idmap the rootfs (annotation \
+                     usernsrs.io/rootfs-idmap)"
+                ),
+                err,
+            })
+        }
+        other => other,
+    }
+}
+
+fn make_mountpoint_unchecked(dest: &Path, dir: bool) -> Result<(), InitError> {
     if dir {
         fs::create_dir_all(dest).map_err(InitError::io(format!(
             "create mount point {}",

@@ -1,0 +1,1334 @@
+//! End-to-end tests of `containerd-shim-usernsrs-v2` through `ctr`, against a private containerd
+//! 1.6 and a private containerd 2.4 (see `hack/private-containerd.sh`): the acceptance points of
+//! the shim, each checked on real host state (`/proc`, mountinfo, on-disk owners).
+//!
+//! - plain containers keep the host's ids, and exit codes and signal deaths reach `ctr`;
+//! - containerd 2.x `ctr run --uidmap --remap-labels`: the lower layers are idmapped through a
+//!   detached mount (no temporary mount left, no layer chowned), the upper dir is the mapped root's;
+//! - `root.path` from `ctr c create --config`: idmapped when owned by host root, used as it is
+//!   when chowned into the range, and the `usernsrs.io/rootfs-idmap` annotation overrides;
+//! - bad mappings are refused at create with the shim's message, leaving nothing behind;
+//! - create/start/delete cycles leak no mount, no shim process and no containerd fd;
+//! - `-info` advertises user namespaces and idmapped mounts.
+//!
+//! Needs root, the shim built (`cargo build -p containerd-shim-usernsrs-v2`) and the peers
+//! (`hack/install-peers.sh`). Nothing here skips: a missing prerequisite fails the test.
+//! Run with `cargo test -p usernsrs-integration --test shim -- --test-threads=1`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use usernsrs_integration::{
+    count_fds, mountinfo_lines, mounts_under, pids_of_cmd, proc_status_uid, require_root,
+    shim_binary, workspace_root, Containerd, Flavor,
+};
+
+const RUNTIME: &str = "io.containerd.usernsrs.v2";
+const SHIM: &str = "containerd-shim-usernsrs-v2";
+/// The containerd namespace every test works in.
+const NS: &str = "shim-test";
+const SNAPSHOTS: &str = "io.containerd.snapshotter.v1.overlayfs/snapshots";
+const ROOTFS_IDMAP_ANNOTATION: &str = "usernsrs.io/rootfs-idmap";
+/// How long a container may take to reach a state (running, stopped) or a process to go away.
+const SETTLE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Harness on top of `usernsrs_integration`.
+// ---------------------------------------------------------------------------------------------
+
+/// A container id unique across test processes and within this one.
+fn unique_id(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A private containerd with the busybox image imported into [`NS`].
+///
+/// Field order is drop order: containerd (and its containers) go first, then the namespace's
+/// parent cgroups that `ctr run` (cgroupsPath `/<ns>/<id>`) made and nothing removes.
+struct Env {
+    containerd: Containerd,
+    image: String,
+    _cgroups: NamespaceCgroups,
+}
+
+impl Env {
+    fn start(flavor: Flavor) -> Result<Self> {
+        require_root()?;
+        let containerd = Containerd::start(flavor)?;
+        let image = containerd.import_busybox(NS)?;
+        Ok(Env {
+            containerd,
+            image,
+            _cgroups: NamespaceCgroups,
+        })
+    }
+
+    fn flavor(&self) -> Flavor {
+        self.containerd.flavor()
+    }
+
+    fn dir(&self) -> &Path {
+        self.containerd.dir()
+    }
+
+    fn fifo_dir(&self) -> String {
+        self.dir().join("fifo").to_string_lossy().into_owned()
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.dir()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(NS)
+            .join(id)
+    }
+
+    /// `ctr -n NS ARGS`, whatever its exit status.
+    fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.containerd
+            .ctr(["-n", NS].into_iter().chain(args.iter().copied()))
+    }
+
+    /// `ctr -n NS ARGS`, which must succeed; its stdout.
+    fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        self.containerd
+            .ctr_ok(["-n", NS].into_iter().chain(args.iter().copied()))
+    }
+
+    /// The arguments of `ctr run` up to the image: `--runtime`, `--fifo-dir`, then `opts`.
+    fn run_args<'a>(&'a self, fifo: &'a str, opts: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["run", "--runtime", RUNTIME, "--fifo-dir", fifo];
+        args.extend_from_slice(opts);
+        args
+    }
+
+    /// `ctr run --rm [opts] IMAGE ID CMD...`, whatever its exit status.
+    fn run(&self, opts: &[&str], id: &str, cmd: &[&str]) -> Result<Output> {
+        let fifo = self.fifo_dir();
+        let mut args = self.run_args(&fifo, &["--rm"]);
+        args.extend_from_slice(opts);
+        args.push(&self.image);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// Like [`Env::run`], but the container must exit 0; its stdout.
+    fn run_ok(&self, opts: &[&str], id: &str, cmd: &[&str]) -> Result<String> {
+        let out = self.run(opts, id, cmd)?;
+        ensure!(
+            out.status.success(),
+            "{}: ctr run {opts:?} {id} {cmd:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            self.flavor(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ctr run -d [opts] IMAGE ID CMD...`; returns the container's host pid once it runs.
+    fn run_detached(&self, opts: &[&str], id: &str, cmd: &[&str]) -> Result<i32> {
+        let fifo = self.fifo_dir();
+        let mut args = self.run_args(&fifo, &["-d"]);
+        args.extend_from_slice(opts);
+        args.push(&self.image);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctr_ok(&args)?;
+        self.wait_task(id, "RUNNING")
+    }
+
+    /// `ctr run` in the foreground without waiting for it: a child process of this test.
+    fn spawn_run(&self, id: &str, cmd: &[&str]) -> Result<std::process::Child> {
+        let fifo = self.fifo_dir();
+        let mut args = self.run_args(&fifo, &["--rm"]);
+        args.push(&self.image);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        // The script execs the flavor's ctr with --address: the child is ctr itself, so its
+        // exit status is ctr's, not a wrapper's.
+        Command::new(workspace_root().join("hack/private-containerd.sh"))
+            .arg("ctr")
+            .arg(self.dir())
+            .args(["-n", NS])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot spawn ctr run through hack/private-containerd.sh ctr")
+    }
+
+    /// The tasks `ctr task ls` lists: id, pid, status.
+    fn tasks(&self) -> Result<Vec<(String, i32, String)>> {
+        let out = self.ctr_ok(&["task", "ls"])?;
+        out.lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.as_slice() {
+                    [id, pid, status] => Ok((
+                        id.to_string(),
+                        pid.parse().with_context(|| format!("bad pid in {l:?}"))?,
+                        status.to_string(),
+                    )),
+                    _ => bail!("unexpected `ctr task ls` line {l:?}"),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until task `id` has `status`; returns its pid.
+    fn wait_task(&self, id: &str, status: &str) -> Result<i32> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let tasks = self.tasks()?;
+            if let Some((_, pid, _)) = tasks.iter().find(|(t, _, s)| t == id && s == status) {
+                return Ok(*pid);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: task {id} did not reach {status} within {SETTLE:?}: {tasks:?}",
+                    self.flavor()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills a running task with SIGKILL, deletes it and its container.
+    fn kill_and_remove(&self, id: &str) -> Result<()> {
+        self.ctr_ok(&["task", "kill", "-s", "SIGKILL", id])?;
+        self.wait_task(id, "STOPPED")?;
+        self.ctr_ok(&["task", "delete", id])?;
+        self.ctr_ok(&["containers", "rm", id])?;
+        Ok(())
+    }
+
+    /// `ctr containers create --runtime R --config FILE ID` then `ctr task start --fifo-dir D
+    /// ID`: the output of `task start` (which attaches stdio and deletes the task at exit).
+    /// The container is removed afterwards whatever happened.
+    fn create_and_start(&self, id: &str, spec: &Value) -> Result<CreateStart> {
+        let config = self.dir().join(format!("config-{id}.json"));
+        fs::write(&config, serde_json::to_vec_pretty(spec)?)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        let config_arg = config.to_string_lossy().into_owned();
+        let create = self.ctr(&[
+            "containers",
+            "create",
+            "--runtime",
+            RUNTIME,
+            "--config",
+            &config_arg,
+            id,
+        ])?;
+        ensure!(
+            create.status.success(),
+            "{}: ctr containers create --config {config_arg} {id} failed: {}\n{}",
+            self.flavor(),
+            create.status,
+            String::from_utf8_lossy(&create.stderr)
+        );
+        let fifo = self.fifo_dir();
+        let start = self.ctr(&["task", "start", "--fifo-dir", &fifo, id]);
+        // A task that failed to be created leaves nothing to delete; one that ran was deleted
+        // by `task start`. Either way the container record goes.
+        let _ = self.ctr(&["task", "delete", id]);
+        let rm = self.ctr(&["containers", "rm", id])?;
+        ensure!(
+            rm.status.success(),
+            "{}: ctr containers rm {id} failed: {}\n{}",
+            self.flavor(),
+            rm.status,
+            String::from_utf8_lossy(&rm.stderr)
+        );
+        let start = start?;
+        Ok(CreateStart {
+            status: start.status,
+            stdout: String::from_utf8_lossy(&start.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&start.stderr).into_owned(),
+        })
+    }
+
+    /// An OCI spec from this flavor's `ctr oci spec`, set up to run `script` with `sh -c` from
+    /// the rootfs at `root`, without a terminal or seccomp, in cgroup `/NS/ID`.
+    fn base_spec(&self, id: &str, root: &Path, script: &str) -> Result<Value> {
+        let text = self.ctr_ok(&["oci", "spec"])?;
+        let mut spec: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: `ctr oci spec` is not JSON:\n{text}", self.flavor()))?;
+        spec["root"] = json!({ "path": root.to_string_lossy() });
+        spec["process"]["args"] = json!(["/bin/sh", "-c", script]);
+        spec["process"]["terminal"] = json!(false);
+        let linux = spec["linux"]
+            .as_object_mut()
+            .ok_or_else(|| anyhow!("`ctr oci spec` has no linux object"))?;
+        // The shim refuses seccomp for now rather than run without the requested filter.
+        linux.remove("seccomp");
+        linux.insert("cgroupsPath".into(), json!(format!("/{NS}/{id}")));
+        Ok(spec)
+    }
+
+    /// Processes of this containerd's usernsrs shims: started with its address, or (helpers,
+    /// a shim that lost its arguments) running in one of its bundles.
+    fn shim_pids(&self) -> Result<Vec<i32>> {
+        let address = self.containerd.address().to_string_lossy().into_owned();
+        let state = self.dir().join("state");
+        Ok(pids_of_cmd(SHIM)?
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                    .unwrap_or_default();
+                let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+                cmdline.contains(&address) || cwd.starts_with(&state)
+            })
+            .collect())
+    }
+
+    /// Waits (up to [`SETTLE`]) until no shim of this containerd runs.
+    fn assert_no_shim(&self, after: &str) -> Result<()> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let pids = self.shim_pids()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let cmds: Vec<String> = pids
+                    .iter()
+                    .map(|p| {
+                        let raw = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                        format!("{p}: {}", String::from_utf8_lossy(&raw).replace('\0', " "))
+                    })
+                    .collect();
+                bail!(
+                    "{}: after {after}, shims of this containerd still run {SETTLE:?} later:\n{}",
+                    self.flavor(),
+                    cmds.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Host mountinfo lines that mention this containerd's directory anywhere: mount point,
+    /// root (an idmapped clone of a snapshot attached elsewhere) or options (an overlay's dirs).
+    fn our_mount_lines(&self) -> Result<BTreeSet<String>> {
+        let dir = self.dir().to_string_lossy().into_owned();
+        Ok(mountinfo_lines()?
+            .into_iter()
+            .filter(|l| l.contains(&dir))
+            .collect())
+    }
+}
+
+/// Removes the empty `/sys/fs/cgroup/*/NS` directories left by containers of [`NS`] (containerd
+/// makes cgroupsPath `/NS/ID`; the shim removes `ID`, as runc does, not the namespace's parent).
+struct NamespaceCgroups;
+
+impl Drop for NamespaceCgroups {
+    fn drop(&mut self) {
+        let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        let mut dirs = vec![Path::new("/sys/fs/cgroup").join(NS)];
+        dirs.extend(entries.flatten().map(|e| e.path().join(NS)));
+        for dir in dirs {
+            // rmdir only: a cgroup directory is removable exactly when it has no children.
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The result of [`Env::create_and_start`].
+struct CreateStart {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Non-empty lines with their whitespace runs collapsed (`uid_map` pads with spaces).
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// One `/proc/PID/mountinfo` line, split into the fields the tests read.
+struct MountLine {
+    root: String,
+    mount_point: String,
+    mount_options: String,
+    fs_type: String,
+    super_options: String,
+}
+
+impl MountLine {
+    fn parse(line: &str) -> Result<Self> {
+        let (left, right) = line
+            .split_once(" - ")
+            .ok_or_else(|| anyhow!("mountinfo line without separator: {line:?}"))?;
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        let field = |v: &[&str], i: usize| -> Result<String> {
+            v.get(i)
+                .map(|s| s.to_string())
+                .ok_or_else(|| anyhow!("mountinfo line too short: {line:?}"))
+        };
+        Ok(MountLine {
+            root: field(&left, 3)?,
+            mount_point: field(&left, 4)?,
+            mount_options: field(&left, 5)?,
+            fs_type: field(&right, 0)?,
+            super_options: field(&right, 2)?,
+        })
+    }
+
+    /// The value of `key=` among the superblock options (e.g. an overlay's `lowerdir`).
+    fn super_option(&self, key: &str) -> Option<&str> {
+        self.super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn idmapped(&self) -> bool {
+        self.mount_options.split(',').any(|o| o == "idmapped")
+    }
+}
+
+/// The line of `mountinfo` text whose mount point is `mount_point` (the last, i.e. the top one).
+fn mount_at(mountinfo: &str, mount_point: &str) -> Result<MountLine> {
+    let mut found = None;
+    for line in mountinfo.lines() {
+        let m = MountLine::parse(line)?;
+        if m.mount_point == mount_point {
+            found = Some(m);
+        }
+    }
+    found.ok_or_else(|| anyhow!("no mount at {mount_point} in:\n{mountinfo}"))
+}
+
+fn owner(path: &Path) -> Result<(u32, u32)> {
+    let md =
+        fs::symlink_metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    Ok((md.uid(), md.gid()))
+}
+
+fn run_tool(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Unpacks the busybox test image's layers, in order, into a new directory `dest` (0755, owned
+/// by host root, numeric owners preserved): the image as `ctr c create --config` users have it.
+fn unpack_busybox(dest: &Path) -> Result<()> {
+    let out = Command::new(workspace_root().join("hack/build-images.sh"))
+        .output()
+        .context("cannot run hack/build-images.sh")?;
+    ensure!(
+        out.status.success(),
+        "hack/build-images.sh failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let archive = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .ok_or_else(|| anyhow!("hack/build-images.sh printed no archive path"))?,
+    );
+    let layout = tempfile::tempdir().context("cannot create a directory for the OCI layout")?;
+    run_tool(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(layout.path()),
+    )?;
+    let blob = |digest: &str| -> Result<PathBuf> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| anyhow!("unexpected digest {digest}"))?;
+        Ok(layout.path().join("blobs/sha256").join(hex))
+    };
+    let read_json = |path: &Path| -> Result<Value> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    let index = read_json(&layout.path().join("index.json"))?;
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .ok_or_else(|| anyhow!("index.json of {} has no manifest", archive.display()))?;
+    let manifest = read_json(&blob(manifest_digest)?)?;
+    let layers = manifest["layers"]
+        .as_array()
+        .ok_or_else(|| anyhow!("manifest {manifest_digest} has no layers"))?;
+    ensure!(
+        !layers.is_empty(),
+        "manifest {manifest_digest} has no layers"
+    );
+
+    fs::create_dir(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot chmod {}", dest.display()))?;
+    for layer in layers {
+        let digest = layer["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("a layer of {manifest_digest} has no digest"))?;
+        run_tool(
+            Command::new("tar")
+                .args(["--numeric-owner", "--same-owner", "-xzf"])
+                .arg(blob(digest)?)
+                .arg("-C")
+                .arg(dest),
+        )?;
+    }
+    ensure!(
+        owner(&dest.join("data/root-file"))? == (0, 0)
+            && owner(&dest.join("data/app-file"))? == (1000, 1000),
+        "unpacked busybox in {} lacks /data/root-file 0:0 and /data/app-file 1000:1000",
+        dest.display()
+    );
+    Ok(())
+}
+
+/// Sets `linux.uidMappings`/`gidMappings` to one range `0 host size`.
+fn set_mapping(spec: &mut Value, host: u32, size: u32) {
+    let range = json!([{ "containerID": 0, "hostID": host, "size": size }]);
+    spec["linux"]["uidMappings"] = range.clone();
+    spec["linux"]["gidMappings"] = range;
+}
+
+/// Adds `{"type": "user"}` to `linux.namespaces`.
+fn add_user_namespace(spec: &mut Value) -> Result<()> {
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("spec has no linux.namespaces array"))?
+        .push(json!({ "type": "user" }));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A plain container: host ids, exit codes, signal deaths.
+// ---------------------------------------------------------------------------------------------
+
+fn plain_container(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+
+    let id = unique_id("plain");
+    let out = env.run_ok(
+        &[],
+        &id,
+        &["/bin/sh", "-c", "cat /proc/self/uid_map; id -u"],
+    )?;
+    assert_eq!(
+        lines(&out),
+        ["0 0 4294967295", "0"],
+        "{flavor}: a container without a user namespace must see the identity map and uid 0"
+    );
+
+    let id = unique_id("exit3");
+    let out = env.run(&[], &id, &["/bin/sh", "-c", "exit 3"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{flavor}: `exit 3` in the container must make ctr exit 3; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A signal death is reported as 128+n. The container's process is pid 1 of its pid
+    // namespace, which ignores SIGKILL sent from inside (`kill -9 $$` is a no-op, as with runc),
+    // so the signal comes from the host side, through the shim's Kill.
+    let id = unique_id("sigkill");
+    let mut child = env.spawn_run(&id, &["sleep", "1000"])?;
+    let killed = env
+        .wait_task(&id, "RUNNING")
+        .and_then(|_| env.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]));
+    if let Err(e) = killed {
+        // Our own child, by its handle; the container itself goes with the containerd.
+        let _ = child.kill();
+        let output = child.wait_with_output()?;
+        return Err(e.context(format!(
+            "{flavor}: could not kill the task of `ctr run {id}`; its stderr:
+{}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            bail!("{flavor}: ctr run of {id} did not exit 30 s after SIGKILL of its task");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output()?;
+    assert_eq!(
+        status.code(),
+        Some(128 + 9),
+        "{flavor}: a container killed by SIGKILL must make ctr exit 137; stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    env.assert_no_shim("three --rm runs")?;
+    let left = mounts_under(env.dir())?;
+    ensure!(
+        left.is_empty(),
+        "{flavor}: mounts left under {} after --rm runs: {left:?}",
+        env.dir().display()
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd16_plain_container_keeps_host_ids_and_exit_codes() -> Result<()> {
+    plain_container(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_plain_container_keeps_host_ids_and_exit_codes() -> Result<()> {
+    plain_container(Flavor::Containerd2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. containerd 2.x `--uidmap --remap-labels`: idmapped lower layers, nothing chowned or left.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn containerd2_remapped_snapshot_idmaps_lower_layers_without_leftovers() -> Result<()> {
+    let env = Env::start(Flavor::Containerd2)?;
+    let userns = [
+        "--uidmap",
+        "0:100000:65536",
+        "--gidmap",
+        "0:100000:65536",
+        "--remap-labels",
+    ];
+
+    // Inside: the mapping, the image's owners as the image has them, new files owned by root.
+    let id = unique_id("remap");
+    let out = env.run_ok(
+        &userns,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; stat -c %u:%g /data/root-file /data/app-file; \
+             touch /data/new && stat -c %u:%g /data/new",
+        ],
+    )?;
+    assert_eq!(
+        lines(&out),
+        ["0 100000 65536", "0:0", "1000:1000", "0:0"],
+        "uid_map, image owners and a new file's owner inside a --uidmap container"
+    );
+
+    // On the host, while a container runs.
+    let before = env.our_mount_lines()?;
+    let id = unique_id("remap-detached");
+    let pid = env.run_detached(&userns, &id, &["sleep", "1000"])?;
+    let bundle = env.bundle(&id);
+    let snapshots = env.dir().join("root").join(SNAPSHOTS);
+    let snapshots_str = snapshots.to_string_lossy().into_owned();
+
+    assert_eq!(
+        proc_status_uid(pid)?,
+        (100000, 100000),
+        "host uid/gid of the container process {pid}"
+    );
+    // The filter the leak checks rely on does see a live shim.
+    ensure!(
+        !env.shim_pids()?.is_empty(),
+        "no {SHIM} process of this containerd found while {id} runs"
+    );
+
+    let inside = fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .with_context(|| format!("cannot read /proc/{pid}/mountinfo"))?;
+    let root = mount_at(&inside, "/")?;
+    let rootfs_point = bundle.join("rootfs").to_string_lossy().into_owned();
+    let host_mountinfo = mountinfo_lines()?.join("\n");
+    let host_root = mount_at(&host_mountinfo, &rootfs_point)?;
+    for (whose, m) in [("container", &root), ("host", &host_root)] {
+        ensure!(
+            m.fs_type == "overlay",
+            "{whose} rootfs is {} (an overlay expected): {}",
+            m.fs_type,
+            m.super_options
+        );
+        let lower = m.super_option("lowerdir").ok_or_else(|| {
+            anyhow!(
+                "{whose} rootfs overlay has no lowerdir: {}",
+                m.super_options
+            )
+        })?;
+        // The layers are reached through the helper's detached idmapped clone of their parent
+        // directory (crates/init/src/create.rs, IdmappedOverlay), never by their own paths:
+        // through those, the container would see host root's files as the overflow id.
+        for dir in lower.split(':') {
+            ensure!(
+                dir.starts_with("/proc/self/fd/") && !dir.contains(&snapshots_str),
+                "{whose} rootfs lowerdir {dir:?} (of {lower:?}) is not an idmapped path: \
+                 expected /proc/self/fd/N/... of the detached idmapped mount"
+            );
+        }
+        ensure!(
+            !m.idmapped(),
+            "{whose}: the overlay itself cannot be idmapped, yet it says so: {}",
+            m.mount_options
+        );
+    }
+
+    // The upper dir was chowned by the snapshotter to the mapped root; the shim left it so.
+    let upper = PathBuf::from(
+        root.super_option("upperdir")
+            .ok_or_else(|| anyhow!("container rootfs has no upperdir: {}", root.super_options))?,
+    );
+    ensure!(
+        upper.starts_with(&snapshots),
+        "upperdir {} is not a snapshot of {}",
+        upper.display(),
+        snapshots.display()
+    );
+    assert_eq!(
+        owner(&upper)?,
+        (100000, 100000),
+        "owner of upper dir {}",
+        upper.display()
+    );
+
+    // The only new mount of this containerd is the rootfs overlay: the idmapped clone of the
+    // snapshots directory was never attached, and no mount has a snapshot as its root.
+    let during = env.our_mount_lines()?;
+    let new: Vec<&String> = during.difference(&before).collect();
+    ensure!(
+        new.len() == 1 && new[0].contains(&format!(" {rootfs_point} ")),
+        "expected exactly one new mount (the rootfs at {rootfs_point}), got:\n{new:#?}"
+    );
+    let dir = env.dir().to_string_lossy().into_owned();
+    for line in mountinfo_lines()? {
+        let m = MountLine::parse(&line)?;
+        let snapshot_clone = m.root.contains(SNAPSHOTS);
+        let idmapped_here = m.idmapped() && line.contains(&dir);
+        ensure!(
+            !snapshot_clone && !idmapped_here,
+            "a temporary idmapped mount of the snapshots remains in the host mountinfo: {line}"
+        );
+    }
+
+    // The image layers on disk are untouched: never chowned into the range.
+    let mut layer_files = 0;
+    for entry in fs::read_dir(&snapshots)? {
+        let fs_dir = entry?.path().join("fs");
+        let root_file = fs_dir.join("data/root-file");
+        if root_file.exists() {
+            layer_files += 1;
+            assert_eq!(
+                owner(&root_file)?,
+                (0, 0),
+                "{} on disk",
+                root_file.display()
+            );
+            let app_file = fs_dir.join("data/app-file");
+            assert_eq!(
+                owner(&app_file)?,
+                (1000, 1000),
+                "{} on disk",
+                app_file.display()
+            );
+        }
+    }
+    ensure!(
+        layer_files >= 1,
+        "no snapshot under {} holds data/root-file",
+        snapshots.display()
+    );
+
+    // Gone without a trace.
+    env.kill_and_remove(&id)?;
+    let after = env.our_mount_lines()?;
+    ensure!(
+        after == before,
+        "mounts of this containerd after kill + delete differ from before the container:\n\
+         before: {before:#?}\nafter: {after:#?}"
+    );
+    let left = mounts_under(env.dir())?;
+    ensure!(
+        left.is_empty(),
+        "mounts left under {}: {left:?}",
+        env.dir().display()
+    );
+    ensure!(
+        !bundle.exists(),
+        "bundle {} is still there",
+        bundle.display()
+    );
+    env.assert_no_shim("kill + delete")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. root.path through `ctr c create --config` + `ctr t start`.
+// ---------------------------------------------------------------------------------------------
+
+/// Prints the uid map, the owners of the image files, and the root mount's options.
+const ROOT_PATH_SCRIPT: &str =
+    "cat /proc/self/uid_map; stat -c %u:%g /data/root-file /data/app-file; \
+     awk '$5 == \"/\" { print \"root-mount \" $6 }' /proc/self/mountinfo";
+
+fn root_path(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+
+    // a. Owned by host root, as unpacked: idmapped, so the image owners show as they are, and
+    //    nothing is chowned on disk.
+    let id = unique_id("rootpath-root");
+    let rootfs = env.dir().join(format!("rootfs-{id}"));
+    unpack_busybox(&rootfs)?;
+    let script = format!(
+        "{ROOT_PATH_SCRIPT}; id -u; echo hi > /data/written && stat -c %u:%g /data/written"
+    );
+    let mut spec = env.base_spec(&id, &rootfs, &script)?;
+    add_user_namespace(&mut spec)?;
+    set_mapping(&mut spec, 100000, 65536);
+    let run = env.create_and_start(&id, &spec)?;
+    ensure!(
+        run.status.success(),
+        "{flavor}: root-owned root.path container failed: {}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let out = lines(&run.stdout);
+    ensure!(
+        out.len() == 6,
+        "{flavor}: unexpected output:\n{}",
+        run.stdout
+    );
+    assert_eq!(
+        out[..3],
+        ["0 100000 65536", "0:0", "1000:1000"],
+        "{flavor}: root-owned rootfs"
+    );
+    ensure!(
+        out[3].starts_with("root-mount ") && out[3].split(',').any(|o| o == "idmapped"),
+        "{flavor}: root-owned root.path must be mounted idmapped, root mount is {:?}",
+        out[3]
+    );
+    assert_eq!(
+        out[4..],
+        ["0", "0:0"],
+        "{flavor}: id -u and a new file's owner inside"
+    );
+    assert_eq!(
+        owner(&rootfs.join("data/root-file"))?,
+        (0, 0),
+        "{flavor}: root-file on disk"
+    );
+    assert_eq!(
+        owner(&rootfs.join("data/app-file"))?,
+        (1000, 1000),
+        "{flavor}: app-file on disk"
+    );
+    // Through an idmapped mount a write by container root (host 100000) is mapped back through
+    // the mount's idmap: it lands on disk as 0, like the image's own files. (The brief expected
+    // 100000 here; that is what a write without an idmapped mount would give, see case b.)
+    assert_eq!(
+        owner(&rootfs.join("data/written"))?,
+        (0, 0),
+        "{flavor}: a file written by container root through the idmapped rootfs, on disk"
+    );
+    let left = mounts_under(env.dir())?;
+    ensure!(
+        left.is_empty(),
+        "{flavor}: the idmapped rootfs of {id} is still mounted: {left:?}"
+    );
+
+    // b. Chowned into the range (containerd's user-namespace document): used as it is.
+    let id = unique_id("rootpath-chowned");
+    let rootfs = env.dir().join(format!("rootfs-{id}"));
+    unpack_busybox(&rootfs)?;
+    run_tool(
+        Command::new("chown")
+            .args(["-R", "65536:65536"])
+            .arg(&rootfs),
+    )?;
+    // app (1000) shifted like the rest, so the shift shows inside as 1000 again.
+    run_tool(
+        Command::new("chown")
+            .args(["-h", "66536:66536"])
+            .arg(rootfs.join("data/app-file")),
+    )?;
+    let script =
+        format!("{ROOT_PATH_SCRIPT}; echo hi > /data/written && stat -c %u:%g /data/written");
+    let mut spec = env.base_spec(&id, &rootfs, &script)?;
+    add_user_namespace(&mut spec)?;
+    set_mapping(&mut spec, 65536, 65536);
+    let run = env.create_and_start(&id, &spec)?;
+    ensure!(
+        run.status.success(),
+        "{flavor}: chowned root.path container failed: {}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let out = lines(&run.stdout);
+    ensure!(
+        out.len() == 5,
+        "{flavor}: unexpected output:\n{}",
+        run.stdout
+    );
+    assert_eq!(
+        out[..3],
+        ["0 65536 65536", "0:0", "1000:1000"],
+        "{flavor}: chowned rootfs"
+    );
+    ensure!(
+        out[3].starts_with("root-mount ") && !out[3].split(',').any(|o| o == "idmapped"),
+        "{flavor}: a rootfs chowned into the range must not be idmapped, root mount is {:?}",
+        out[3]
+    );
+    assert_eq!(out[4], "0:0", "{flavor}: a new file's owner inside");
+    // No idmapped mount: a write by container root lands as its host id.
+    assert_eq!(
+        owner(&rootfs.join("data/written"))?,
+        (65536, 65536),
+        "{flavor}: a file written by container root into the chowned rootfs, on disk"
+    );
+    assert_eq!(
+        owner(&rootfs.join("data/root-file"))?,
+        (65536, 65536),
+        "{flavor}: root-file"
+    );
+
+    // c. The annotation forbids the idmap of a root-owned rootfs: the files are unmapped.
+    let id = unique_id("rootpath-noidmap");
+    let rootfs = env.dir().join(format!("rootfs-{id}"));
+    unpack_busybox(&rootfs)?;
+    // Without the idmap, container root cannot create mount points in host root's directories
+    // (EACCES, as with runc): the spec's /run tmpfs needs its directory in the image.
+    fs::create_dir(rootfs.join("run")).context("cannot create run/ in the rootfs")?;
+    let script = format!("{ROOT_PATH_SCRIPT}; id -u");
+    let mut spec = env.base_spec(&id, &rootfs, &script)?;
+    add_user_namespace(&mut spec)?;
+    set_mapping(&mut spec, 100000, 65536);
+    spec["annotations"] = json!({ ROOTFS_IDMAP_ANNOTATION: "false" });
+    let run = env.create_and_start(&id, &spec)?;
+    ensure!(
+        run.status.success(),
+        "{flavor}: root.path container with {ROOTFS_IDMAP_ANNOTATION}=false failed: {}\n\
+         stdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let out = lines(&run.stdout);
+    ensure!(
+        out.len() == 5,
+        "{flavor}: unexpected output:\n{}",
+        run.stdout
+    );
+    assert_eq!(
+        out[..3],
+        ["0 100000 65536", "65534:65534", "65534:65534"],
+        "{flavor}: with {ROOTFS_IDMAP_ANNOTATION}=false host root's files are the overflow id"
+    );
+    ensure!(
+        !out[3].split(',').any(|o| o == "idmapped"),
+        "{flavor}: {ROOTFS_IDMAP_ANNOTATION}=false, yet the root mount is {:?}",
+        out[3]
+    );
+    assert_eq!(out[4], "0", "{flavor}: id -u");
+
+    let left = mounts_under(env.dir())?;
+    ensure!(
+        left.is_empty(),
+        "{flavor}: mounts left under {}: {left:?}",
+        env.dir().display()
+    );
+    env.assert_no_shim("three root.path containers")?;
+    Ok(())
+}
+
+#[test]
+fn containerd16_root_path_is_idmapped_unless_chowned_or_annotated() -> Result<()> {
+    root_path(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_root_path_is_idmapped_unless_chowned_or_annotated() -> Result<()> {
+    root_path(Flavor::Containerd2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Bad input refused at create, nothing left behind.
+// ---------------------------------------------------------------------------------------------
+
+fn refuses_bad_mappings(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let rootfs = env.dir().join("rootfs-bad-input");
+    unpack_busybox(&rootfs)?;
+    let before_mounts = env.our_mount_lines()?;
+
+    type Edit = fn(&mut Value) -> Result<()>;
+    let cases: [(&str, Edit, &str); 5] = [
+        (
+            "mapping of size 0",
+            |s| {
+                add_user_namespace(s)?;
+                set_mapping(s, 100000, 0);
+                Ok(())
+            },
+            "linux.uidMappings: range 0:100000:0 has size 0",
+        ),
+        (
+            "overlapping host ranges",
+            |s| {
+                add_user_namespace(s)?;
+                let ranges = json!([
+                    { "containerID": 0, "hostID": 100000, "size": 1000 },
+                    { "containerID": 1000, "hostID": 100500, "size": 1000 }
+                ]);
+                s["linux"]["uidMappings"] = ranges.clone();
+                s["linux"]["gidMappings"] = ranges;
+                Ok(())
+            },
+            "linux.uidMappings: host ids of ranges 0:100000:1000 and 1000:100500:1000 overlap",
+        ),
+        (
+            "process uid outside the mapping",
+            |s| {
+                add_user_namespace(s)?;
+                set_mapping(s, 100000, 65536);
+                s["process"]["user"]["uid"] = json!(70000);
+                Ok(())
+            },
+            "process.user.uid 70000 is not mapped by linux.uidMappings [0:100000:65536]",
+        ),
+        (
+            "mappings without a user namespace",
+            |s| {
+                set_mapping(s, 100000, 65536);
+                Ok(())
+            },
+            "linux.uidMappings/gidMappings are set but linux.namespaces has no user namespace",
+        ),
+        (
+            "a user namespace without mappings",
+            add_user_namespace,
+            "linux.namespaces has a new user namespace but linux.uidMappings/gidMappings are empty",
+        ),
+    ];
+
+    for (what, edit, message) in cases {
+        let id = unique_id("bad");
+        let mut spec = env.base_spec(&id, &rootfs, "echo must-not-run")?;
+        edit(&mut spec)?;
+        let run = env.create_and_start(&id, &spec)?;
+        ensure!(
+            !run.status.success(),
+            "{flavor}: {what}: the task started: {}\nstdout:\n{}",
+            run.status,
+            run.stdout
+        );
+        ensure!(
+            !run.stdout.contains("must-not-run"),
+            "{flavor}: {what}: the process ran:\n{}",
+            run.stdout
+        );
+        ensure!(
+            run.stderr.contains(message) && run.stderr.contains(&format!("container {id}")),
+            "{flavor}: {what}: ctr task start must report `container {id}: ... {message}`; \
+             stderr:\n{}",
+            run.stderr
+        );
+        env.assert_no_shim(&format!("the refused create of {what}"))?;
+        let mounts = env.our_mount_lines()?;
+        ensure!(
+            mounts == before_mounts,
+            "{flavor}: {what}: mounts of this containerd changed:\nbefore: {before_mounts:#?}\n\
+             after: {mounts:#?}"
+        );
+        let bundle = env.bundle(&id);
+        ensure!(
+            !bundle.exists(),
+            "{flavor}: {what}: bundle {} was left behind",
+            bundle.display()
+        );
+        let listed = env.ctr_ok(&["containers", "ls", "-q"])?;
+        ensure!(
+            !listed.lines().any(|l| l == id),
+            "{flavor}: {what}: container {id} is still listed"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn containerd16_refuses_bad_mappings_at_create_leaving_nothing() -> Result<()> {
+    refuses_bad_mappings(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_refuses_bad_mappings_at_create_leaving_nothing() -> Result<()> {
+    refuses_bad_mappings(Flavor::Containerd2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Leaks over many create/start/delete cycles.
+// ---------------------------------------------------------------------------------------------
+
+/// The targets of `pid`'s open fds, for telling what leaked.
+fn fd_targets(pid: i32) -> Vec<String> {
+    let mut targets: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    fs::read_link(e.path())
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "?".into())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    targets
+}
+
+/// `cycles` times `ctr run --rm [opts] IMAGE ID /bin/true`; `uid_map` is what the container's
+/// `/proc/self/uid_map` shows with `opts` (checked on the warm-up runs).
+fn no_leaks(flavor: Flavor, cycles: usize, opts: &[&str], uid_map: &str) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let containerd_pid = env.containerd.pid();
+
+    // Warm-up: containerd opens some files lazily on its first task of a runtime.
+    for _ in 0..2 {
+        let out = env.run_ok(opts, &unique_id("warmup"), &["cat", "/proc/self/uid_map"])?;
+        assert_eq!(lines(&out), [uid_map], "{flavor}: uid_map with {opts:?}");
+    }
+    env.assert_no_shim("the warm-up runs")?;
+    let mounts_before = env.our_mount_lines()?;
+    let global_before = mountinfo_lines()?.len();
+    let fds_before = count_fds(containerd_pid)?;
+    let targets_before = fd_targets(containerd_pid);
+
+    let started = Instant::now();
+    for i in 0..cycles {
+        let id = unique_id("cycle");
+        env.run_ok(opts, &id, &["/bin/true"])
+            .with_context(|| format!("{flavor}: cycle {i} of {cycles}"))?;
+    }
+    let elapsed = started.elapsed();
+    eprintln!("{flavor}: {cycles} cycles of ctr run --rm {opts:?} in {elapsed:?}");
+
+    env.assert_no_shim(&format!("{cycles} create/start/delete cycles"))?;
+    // The mounts of this containerd, not the global line count: other tests on the machine
+    // (this workspace's own, run in parallel) mount and unmount under their own directories.
+    // Every host-side mount of a shim mentions this containerd's directory (bundle mount point,
+    // snapshot root, overlay dirs), so a leak shows here.
+    let mounts_after = env.our_mount_lines()?;
+    ensure!(
+        mounts_after == mounts_before,
+        "{flavor}: mounts of this containerd changed over {cycles} cycles \
+         (global mountinfo {global_before} -> {} lines):\nbefore: {mounts_before:#?}\n\
+         after: {mounts_after:#?}",
+        mountinfo_lines()?.len()
+    );
+    // containerd closes a shim's connection and event fds as it processes the shim's exit,
+    // which may trail `ctr run --rm` a little: wait for it, then demand the same count.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let fds = count_fds(containerd_pid)?;
+        if fds == fds_before {
+            break;
+        }
+        if Instant::now() > deadline {
+            let after = fd_targets(containerd_pid);
+            bail!(
+                "{flavor}: containerd had {fds_before} fds before {cycles} cycles and {fds} \
+                 {SETTLE:?} after them\nbefore: {targets_before:?}\nafter: {after:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = mounts_under(env.dir())?;
+    ensure!(
+        left.is_empty(),
+        "{flavor}: mounts left under {}: {left:?}",
+        env.dir().display()
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd2_100_user_namespace_cycles_leak_nothing() -> Result<()> {
+    no_leaks(
+        Flavor::Containerd2,
+        100,
+        &[
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:100000:65536",
+            "--remap-labels",
+        ],
+        "0 100000 65536",
+    )
+}
+
+#[test]
+fn containerd16_100_user_namespace_cycles_leak_nothing() -> Result<()> {
+    // containerd 1.6's ctr chowns a copy of the snapshot for --uidmap (no --remap-labels
+    // support in its overlayfs snapshotter): the shim gets plain overlay mounts and a userns.
+    no_leaks(
+        Flavor::Containerd16,
+        100,
+        &["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"],
+        "0 100000 65536",
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. `-info`.
+// ---------------------------------------------------------------------------------------------
+
+/// One field of a protobuf message: its number and, for length-delimited fields, the bytes.
+struct Field<'a> {
+    number: u64,
+    bytes: Option<&'a [u8]>,
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf
+            .get(*pos)
+            .ok_or_else(|| anyhow!("protobuf varint runs past the end"))?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    bail!("protobuf varint longer than 10 bytes")
+}
+
+/// The top-level fields of a protobuf message (wire types 0, 1, 2, 5).
+fn protobuf_fields(buf: &[u8]) -> Result<Vec<Field<'_>>> {
+    let mut fields = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let key = read_varint(buf, &mut pos)?;
+        let (number, wire) = (key >> 3, key & 7);
+        let bytes = match wire {
+            0 => {
+                read_varint(buf, &mut pos)?;
+                None
+            }
+            1 => {
+                pos += 8;
+                None
+            }
+            2 => {
+                let len = usize::try_from(read_varint(buf, &mut pos)?)?;
+                let bytes = buf
+                    .get(pos..pos + len)
+                    .ok_or_else(|| anyhow!("field {number} runs past the end"))?;
+                pos += len;
+                Some(bytes)
+            }
+            5 => {
+                pos += 4;
+                None
+            }
+            other => bail!("unsupported protobuf wire type {other} (field {number})"),
+        };
+        ensure!(pos <= buf.len(), "field {number} runs past the end");
+        fields.push(Field { number, bytes });
+    }
+    Ok(fields)
+}
+
+fn bytes_field<'a>(fields: &[Field<'a>], number: u64, what: &str) -> Result<&'a [u8]> {
+    fields
+        .iter()
+        .find(|f| f.number == number)
+        .and_then(|f| f.bytes)
+        .ok_or_else(|| anyhow!("no {what} (field {number})"))
+}
+
+#[test]
+fn info_advertises_user_namespaces_and_idmap() -> Result<()> {
+    require_root()?;
+    let shim = shim_binary()?;
+    let out = Command::new(&shim)
+        .arg("-info")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} -info", shim.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} -info failed: {}\n{}",
+        shim.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // RuntimeInfo { name = 1; version = 2; options = 3; features = 4 (Any) }.
+    let info = protobuf_fields(&out.stdout).context("-info output is not a protobuf message")?;
+    let name = bytes_field(&info, 1, "RuntimeInfo.name")?;
+    assert_eq!(std::str::from_utf8(name)?, RUNTIME, "RuntimeInfo.name");
+    let features = protobuf_fields(bytes_field(&info, 4, "RuntimeInfo.features")?)?;
+    let type_url = bytes_field(&features, 1, "features.type_url")?;
+    assert_eq!(
+        std::str::from_utf8(type_url)?,
+        "types.containerd.io/opencontainers/runtime-spec/1/features/Features",
+        "features type URL"
+    );
+    let body: Value = serde_json::from_slice(bytes_field(&features, 2, "features.value")?)
+        .context("features value is not JSON")?;
+
+    let namespaces: Vec<&str> = body["linux"]["namespaces"]
+        .as_array()
+        .ok_or_else(|| anyhow!("features have no linux.namespaces: {body}"))?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        namespaces.contains(&"user"),
+        "linux.namespaces lacks user: {namespaces:?}"
+    );
+    assert_eq!(
+        body["linux"]["mountExtensions"]["idmap"]["enabled"],
+        json!(true),
+        "linux.mountExtensions.idmap.enabled in {body}"
+    );
+    Ok(())
+}
