@@ -358,6 +358,36 @@ fn idmap_failure(path: &Path, err: std::io::Error) -> InitError {
     }
 }
 
+/// A recursive bind of `source`, idmapped with `ns` (and made read-only when asked), attached at
+/// `target`.
+fn idmapped_bind(
+    source: &Path,
+    readonly: bool,
+    ns: &OwnedFd,
+    target: &Path,
+    undo: &mut Undo,
+) -> Result<(), InitError> {
+    let tree = DetachedMount::clone_tree(source, true)
+        .map_err(InitError::io(format!("clone rootfs {}", source.display())))?;
+    tree.idmap(ns.as_fd(), true)
+        .map_err(|e| idmap_failure(source, e))?;
+    if readonly {
+        let attrs = usernsrs_sys::MountAttrs {
+            set: libc::MOUNT_ATTR_RDONLY,
+            ..Default::default()
+        };
+        tree.set_attrs(attrs, None, true)
+            .map_err(InitError::io("make rootfs read-only"))?;
+    }
+    mkdir_target(target, undo)?;
+    tree.attach(target).map_err(InitError::io(format!(
+        "attach idmapped rootfs at {}",
+        target.display()
+    )))?;
+    undo.mounts.push(target.to_path_buf());
+    Ok(())
+}
+
 /// Step 3: prepares the rootfs at `plan.rootfs.target` on the host side.
 fn prepare_rootfs(
     plan: &ContainerPlan,
@@ -368,45 +398,19 @@ fn prepare_rootfs(
     match &plan.rootfs.source {
         RootfsSource::Directory { .. } => Ok(()),
         RootfsSource::IdmappedDirectory { path, idmap } => {
-            let ns = idmap_userns(idmap, userns)?;
-            let tree = DetachedMount::clone_tree(path, true)
-                .map_err(InitError::io(format!("clone rootfs {}", path.display())))?;
-            tree.idmap(ns.as_fd(), true)
-                .map_err(|e| idmap_failure(path, e))?;
-            mkdir_target(target, undo)?;
-            tree.attach(target).map_err(InitError::io(format!(
-                "attach idmapped rootfs at {}",
-                target.display()
-            )))?;
-            undo.mounts.push(target.clone());
-            Ok(())
+            idmapped_bind(path, false, &idmap_userns(idmap, userns)?, target, undo)
         }
         RootfsSource::IdmappedBind {
             source,
             readonly,
             idmap,
-        } => {
-            let ns = idmap_userns(idmap, userns)?;
-            let tree = DetachedMount::clone_tree(source, true)
-                .map_err(InitError::io(format!("clone rootfs {}", source.display())))?;
-            tree.idmap(ns.as_fd(), true)
-                .map_err(|e| idmap_failure(source, e))?;
-            if *readonly {
-                let attrs = usernsrs_sys::MountAttrs {
-                    set: libc::MOUNT_ATTR_RDONLY,
-                    ..Default::default()
-                };
-                tree.set_attrs(attrs, None, true)
-                    .map_err(InitError::io("make rootfs read-only"))?;
-            }
-            mkdir_target(target, undo)?;
-            tree.attach(target).map_err(InitError::io(format!(
-                "attach idmapped rootfs at {}",
-                target.display()
-            )))?;
-            undo.mounts.push(target.clone());
-            Ok(())
-        }
+        } => idmapped_bind(
+            source,
+            *readonly,
+            &idmap_userns(idmap, userns)?,
+            target,
+            undo,
+        ),
         RootfsSource::IdmappedOverlay {
             lowerdirs,
             upperdir,
