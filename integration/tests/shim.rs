@@ -803,6 +803,33 @@ const ROOT_PATH_SCRIPT: &str =
     "cat /proc/self/uid_map; stat -c %u:%g /data/root-file /data/app-file; \
      awk '$5 == \"/\" { print \"root-mount \" $6 }' /proc/self/mountinfo";
 
+/// Creates and starts a root.path container, requires that it succeeded, and returns its
+/// output as `expected` normalised lines.
+fn run_lines(
+    env: &Env,
+    id: &str,
+    spec: &Value,
+    what: &str,
+    expected: usize,
+) -> Result<Vec<String>> {
+    let flavor = env.flavor();
+    let run = env.create_and_start(id, spec)?;
+    ensure!(
+        run.status.success(),
+        "{flavor}: {what} container failed: {}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let out = lines(&run.stdout);
+    ensure!(
+        out.len() == expected,
+        "{flavor}: {what}: expected {expected} lines, got:\n{}",
+        run.stdout
+    );
+    Ok(out)
+}
+
 fn root_path(flavor: Flavor) -> Result<()> {
     let env = Env::start(flavor)?;
 
@@ -817,20 +844,7 @@ fn root_path(flavor: Flavor) -> Result<()> {
     let mut spec = env.base_spec(&id, &rootfs, &script)?;
     add_user_namespace(&mut spec)?;
     set_mapping(&mut spec, 100000, 65536);
-    let run = env.create_and_start(&id, &spec)?;
-    ensure!(
-        run.status.success(),
-        "{flavor}: root-owned root.path container failed: {}\nstdout:\n{}\nstderr:\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
-    let out = lines(&run.stdout);
-    ensure!(
-        out.len() == 6,
-        "{flavor}: unexpected output:\n{}",
-        run.stdout
-    );
+    let out = run_lines(&env, &id, &spec, "root-owned root.path", 6)?;
     assert_eq!(
         out[..3],
         ["0 100000 65536", "0:0", "1000:1000"],
@@ -890,20 +904,7 @@ fn root_path(flavor: Flavor) -> Result<()> {
     let mut spec = env.base_spec(&id, &rootfs, &script)?;
     add_user_namespace(&mut spec)?;
     set_mapping(&mut spec, 65536, 65536);
-    let run = env.create_and_start(&id, &spec)?;
-    ensure!(
-        run.status.success(),
-        "{flavor}: chowned root.path container failed: {}\nstdout:\n{}\nstderr:\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
-    let out = lines(&run.stdout);
-    ensure!(
-        out.len() == 5,
-        "{flavor}: unexpected output:\n{}",
-        run.stdout
-    );
+    let out = run_lines(&env, &id, &spec, "chowned root.path", 5)?;
     assert_eq!(
         out[..3],
         ["0 65536 65536", "0:0", "1000:1000"],
@@ -939,21 +940,13 @@ fn root_path(flavor: Flavor) -> Result<()> {
     add_user_namespace(&mut spec)?;
     set_mapping(&mut spec, 100000, 65536);
     spec["annotations"] = json!({ ROOTFS_IDMAP_ANNOTATION: "false" });
-    let run = env.create_and_start(&id, &spec)?;
-    ensure!(
-        run.status.success(),
-        "{flavor}: root.path container with {ROOTFS_IDMAP_ANNOTATION}=false failed: {}\n\
-         stdout:\n{}\nstderr:\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
-    let out = lines(&run.stdout);
-    ensure!(
-        out.len() == 5,
-        "{flavor}: unexpected output:\n{}",
-        run.stdout
-    );
+    let out = run_lines(
+        &env,
+        &id,
+        &spec,
+        &format!("root.path with {ROOTFS_IDMAP_ANNOTATION}=false"),
+        5,
+    )?;
     assert_eq!(
         out[..3],
         ["0 100000 65536", "65534:65534", "65534:65534"],
