@@ -1325,3 +1325,263 @@ fn info_advertises_user_namespaces_and_idmap() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. More user namespace shapes: several ranges, a joined namespace, a parentless snapshot.
+// ---------------------------------------------------------------------------------------------
+
+/// root.path containers with a two-range mapping, then joining the user namespace of a running
+/// container (with and without the mappings repeated in the spec, as CRI pods do).
+fn multi_range_and_joined_namespaces(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let rootfs = env.dir().join("rootfs-shapes");
+    unpack_busybox(&rootfs)?;
+
+    // Two ranges: container 0..1000 at host 100000, 1000.. at host 300000.
+    let id = unique_id("multirange");
+    let mut spec = env.base_spec(&id, &rootfs, ROOT_PATH_SCRIPT)?;
+    add_user_namespace(&mut spec)?;
+    let ranges = json!([
+        { "containerID": 0, "hostID": 100000, "size": 1000 },
+        { "containerID": 1000, "hostID": 300000, "size": 64536 }
+    ]);
+    spec["linux"]["uidMappings"] = ranges.clone();
+    spec["linux"]["gidMappings"] = ranges;
+    let out = run_lines(&env, &id, &spec, "two-range mapping", 5)?;
+    assert_eq!(
+        out[..4],
+        ["0 100000 1000", "1000 300000 64536", "0:0", "1000:1000"],
+        "{flavor}: two-range mapping"
+    );
+
+    // A container whose user namespace others join (containerd 1.6 chowns a copy for --uidmap,
+    // 2.x idmaps it: either way a namespace with 0 100000 65536).
+    let holder = unique_id("holder");
+    let mut holder_opts = vec!["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    if flavor == Flavor::Containerd2 {
+        holder_opts.push("--remap-labels");
+    }
+    let holder_pid = env.run_detached(&holder_opts, &holder, &["/bin/sleep", "1000"])?;
+    let holder_ns = fs::read_link(format!("/proc/{holder_pid}/ns/user"))?;
+    let ns_path = format!("/proc/{holder_pid}/ns/user");
+    let script = "cat /proc/self/uid_map; stat -c %u:%g /data/root-file /data/app-file; readlink /proc/self/ns/user";
+    for repeat_mappings in [false, true] {
+        let id = unique_id("joiner");
+        let mut spec = env.base_spec(&id, &rootfs, script)?;
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .ok_or_else(|| anyhow!("spec has no linux.namespaces array"))?
+            .push(json!({ "type": "user", "path": ns_path }));
+        if repeat_mappings {
+            set_mapping(&mut spec, 100000, 65536);
+        }
+        let what = format!("joined user namespace (mappings in spec: {repeat_mappings})");
+        let out = run_lines(&env, &id, &spec, &what, 4)?;
+        assert_eq!(
+            out[..3],
+            ["0 100000 65536", "0:0", "1000:1000"],
+            "{flavor}: {what}"
+        );
+        assert_eq!(
+            out[3],
+            holder_ns.to_string_lossy(),
+            "{flavor}: {what}: the container must be in the holder's user namespace"
+        );
+    }
+    env.kill_and_remove(&holder)?;
+    let left = mounts_under(env.dir())?;
+    ensure!(left.is_empty(), "{flavor}: mounts left: {left:?}");
+    env.assert_no_shim("multi-range and joined containers")?;
+    Ok(())
+}
+
+#[test]
+fn containerd16_multi_range_and_joined_user_namespaces() -> Result<()> {
+    multi_range_and_joined_namespaces(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_multi_range_and_joined_user_namespaces() -> Result<()> {
+    multi_range_and_joined_namespaces(Flavor::Containerd2)
+}
+
+/// Writes an OCI archive of an image without layers: its container's active snapshot has no
+/// parent, so containerd 2.x's overlay snapshotter hands it over as a single bind mount.
+fn empty_image(dir: &Path, name: &str) -> Result<PathBuf> {
+    let layout = dir.join("empty-image");
+    fs::create_dir_all(layout.join("blobs/sha256"))?;
+    let blob = |bytes: &[u8]| -> Result<(String, usize)> {
+        let tmp = layout.join("blob.tmp");
+        fs::write(&tmp, bytes)?;
+        let out = Command::new("sha256sum").arg(&tmp).output()?;
+        ensure!(out.status.success(), "sha256sum failed");
+        let digest = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .context("sha256sum printed nothing")?
+            .to_string();
+        fs::rename(&tmp, layout.join("blobs/sha256").join(&digest))?;
+        Ok((digest, bytes.len()))
+    };
+    let config = json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [] }
+    });
+    let (config_digest, config_size) = blob(&serde_json::to_vec(&config)?)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_digest}"), "size": config_size
+        },
+        "layers": []
+    });
+    let (manifest_digest, manifest_size) = blob(&serde_json::to_vec(&manifest)?)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"), "size": manifest_size,
+            "annotations": { "io.containerd.image.name": name, "org.opencontainers.image.ref.name": "empty" }
+        }]
+    });
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    let archive = dir.join("empty-image.tar");
+    run_tool(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout)
+            .arg("."),
+    )?;
+    Ok(archive)
+}
+
+#[test]
+fn containerd2_parentless_snapshot_bind_is_used_as_chowned() -> Result<()> {
+    let env = Env::start(Flavor::Containerd2)?;
+    let name = "docker.io/library/empty:usernsrs";
+    let archive = empty_image(env.dir(), name)?;
+    env.ctr_ok(&["images", "import", &archive.to_string_lossy()])?;
+    let id = unique_id("parentless");
+    let fifo = env.fifo_dir();
+    let busybox = "type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro";
+    let script = "/busybox cat /proc/self/uid_map; /busybox stat -c %u:%g /; \
+                  /busybox touch /written; /busybox stat -c %u:%g /written";
+    let mut args = env.run_args(
+        &fifo,
+        &[
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:100000:65536",
+            "--remap-labels",
+        ],
+    );
+    args.extend([
+        "--mount", busybox, name, &id, "/busybox", "sh", "-c", script,
+    ]);
+    let out = env.ctr(&args)?;
+    ensure!(
+        out.status.success(),
+        "ctr run of the empty image failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lines(&String::from_utf8_lossy(&out.stdout)),
+        ["0 100000 65536", "0:0", "0:0"],
+        "a parentless snapshot (bind with uidmap=) seen from inside"
+    );
+    // The snapshotter chowned the directory to the mapped root; the shim used it as it is, so
+    // the container's write is stored with its host id, as in an overlay's upper dir.
+    let snapshots = env.dir().join("root").join(SNAPSHOTS);
+    let written: Vec<PathBuf> = fs::read_dir(&snapshots)?
+        .filter_map(|e| Some(e.ok()?.path().join("fs/written")))
+        .filter(|p| p.exists())
+        .collect();
+    let [file] = &written[..] else {
+        bail!("expected the container's write in one snapshot, found {written:?}")
+    };
+    assert_eq!(owner(file)?, (100000, 100000), "the write on disk");
+    env.ctr_ok(&["containers", "rm", &id])?;
+    // containerd removes the snapshot in its garbage collection, shortly after.
+    let deadline = Instant::now() + SETTLE;
+    while file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        !file.exists(),
+        "the snapshot outlived its container: {}",
+        file.display()
+    );
+    let left = mounts_under(env.dir())?;
+    ensure!(left.is_empty(), "mounts left: {left:?}");
+    env.assert_no_shim("the parentless snapshot container")?;
+    Ok(())
+}
+
+/// Two containers of one pod (same `io.kubernetes.cri.sandbox-id`) share one shim server; the
+/// server ignores Shutdown while a container remains and exits after the last Delete.
+fn pod_containers_share_one_shim(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let rootfs = env.dir().join("rootfs-pod");
+    unpack_busybox(&rootfs)?;
+    let pod = unique_id("pod");
+    let fifo = env.fifo_dir();
+    let ids = [unique_id("pod-a"), unique_id("pod-b")];
+    for id in &ids {
+        let mut spec = env.base_spec(id, &rootfs, "exec sleep 1000")?;
+        add_user_namespace(&mut spec)?;
+        set_mapping(&mut spec, 100000, 65536);
+        spec["annotations"] = json!({ "io.kubernetes.cri.sandbox-id": pod });
+        let config = env.dir().join(format!("config-{id}.json"));
+        fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
+        env.ctr_ok(&[
+            "containers",
+            "create",
+            "--runtime",
+            RUNTIME,
+            "--config",
+            &config.to_string_lossy(),
+            id,
+        ])?;
+        env.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, id])?;
+        env.wait_task(id, "RUNNING")?;
+    }
+    let servers = env.shim_pids()?;
+    ensure!(
+        servers.len() == 1,
+        "{flavor}: two containers of pod {pod} must share one shim server, found {servers:?}"
+    );
+    env.kill_and_remove(&ids[0])?;
+    // containerd sent Shutdown after the first Delete: the server must still serve the second.
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        env.shim_pids()? == servers,
+        "{flavor}: the shared server went away while {} still runs",
+        ids[1]
+    );
+    env.wait_task(&ids[1], "RUNNING")?;
+    env.kill_and_remove(&ids[1])?;
+    env.assert_no_shim("the last container of the pod")?;
+    let left = mounts_under(env.dir())?;
+    ensure!(left.is_empty(), "{flavor}: mounts left: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn containerd16_pod_containers_share_one_shim() -> Result<()> {
+    pod_containers_share_one_shim(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_pod_containers_share_one_shim() -> Result<()> {
+    pod_containers_share_one_shim(Flavor::Containerd2)
+}

@@ -120,7 +120,7 @@ pub fn plan_rootfs(
 ) -> Result<RootfsPlan, RootfsError> {
     let target = bundle.join("rootfs");
     if !mounts.is_empty() {
-        let source = plan_mounts(mounts, userns)?;
+        let source = plan_mounts(mounts, userns, owner)?;
         return Ok(RootfsPlan { source, target });
     }
     let Some(root) = root_path.filter(|p| !p.as_os_str().is_empty()) else {
@@ -209,6 +209,7 @@ fn split_idmap_options(m: &RootMount) -> Result<(Option<UserMapping>, Vec<String
 fn plan_mounts(
     mounts: &[RootMount],
     userns: &UsernsFacts<'_>,
+    owner: impl FnOnce(&Path) -> std::io::Result<(u32, u32)>,
 ) -> Result<RootfsSource, RootfsError> {
     let [m] = mounts else {
         if mounts.iter().any(|m| {
@@ -232,6 +233,7 @@ fn plan_mounts(
             mounts: mounts.to_vec(),
         });
     };
+    let snapshot_uids = mapping.uid.clone();
     let idmap = match userns.mapping {
         Some(own) if *own == mapping => IdmapWith::Container,
         _ => IdmapWith::Mapping(mapping),
@@ -273,9 +275,25 @@ fn plan_mounts(
             })
         }
         "bind" | "rbind" => {
+            // A parentless active snapshot is a directory the snapshotter already chowned to
+            // the mapped root (like an overlay's upper dir): used as it is, or the idmap would
+            // push it out of the range. A view of an image layer is owned by host ids: idmap.
+            let source = PathBuf::from(&m.source);
+            let (uid, _) = owner(&source).map_err(|err| RootfsError::Stat {
+                path: source.clone(),
+                err,
+            })?;
+            if snapshot_uids.covers_host(uid) {
+                return Ok(RootfsSource::Mounts {
+                    mounts: vec![RootMount {
+                        options,
+                        ..m.clone()
+                    }],
+                });
+            }
             let readonly = options.iter().any(|o| o == "ro");
             Ok(RootfsSource::IdmappedBind {
-                source: PathBuf::from(&m.source),
+                source,
                 readonly,
                 idmap,
             })
@@ -515,7 +533,16 @@ mod tests {
                 "rbind".into(),
             ],
         };
-        let plan = plan_rootfs(Path::new("/b"), None, &[m], &facts, None, no_stat).expect("plan");
+        let image_owned = |_: &Path| Ok((0, 0));
+        let plan = plan_rootfs(
+            Path::new("/b"),
+            None,
+            std::slice::from_ref(&m),
+            &facts,
+            None,
+            image_owned,
+        )
+        .expect("plan");
         assert!(matches!(
             plan.source,
             RootfsSource::IdmappedBind {
@@ -523,6 +550,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn single_layer_bind_already_chowned_by_the_snapshotter_is_not_idmapped() {
+        let facts = UsernsFacts {
+            enabled: true,
+            mapping: None,
+        };
+        let m = RootMount {
+            typ: "bind".into(),
+            source: "/s/1/fs".into(),
+            options: vec![
+                "uidmap=0:100000:65536".into(),
+                "gidmap=0:100000:65536".into(),
+                "rw".into(),
+                "rbind".into(),
+            ],
+        };
+        let chowned = |_: &Path| Ok((100000, 100000));
+        let plan = plan_rootfs(Path::new("/b"), None, &[m], &facts, None, chowned).expect("plan");
+        let RootfsSource::Mounts { mounts } = plan.source else {
+            panic!("plain bind expected, got {:?}", plan.source)
+        };
+        assert_eq!(
+            mounts[0].options,
+            vec!["rw".to_string(), "rbind".to_string()]
+        );
     }
 
     #[test]

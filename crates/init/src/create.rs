@@ -194,6 +194,9 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
         }
         UserNamespace::Join { path, .. } => Some(open_fd(&path.to_string_lossy())?),
     };
+    if userns.is_some() && plan.rootfs.target.starts_with(&plan.bundle) {
+        open_bundle_to_container_root(&plan.bundle, c1)?;
+    }
     prepare_rootfs(plan, userns.as_ref(), undo)?;
     drop(userns);
     chan.send(&Sync::Proceed)?;
@@ -226,6 +229,34 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
     // Step 6 happens in C2.
     chan.expect("Ready", |m| matches!(m, Sync::Ready))?;
     Ok(raw)
+}
+
+/// The container reaches its rootfs through the bundle directory, which containerd makes
+/// 0700 unless the spec lists gid mappings (then it gives the group to the mapped root, 0710).
+/// A joined user namespace whose mappings the spec does not repeat gets the same treatment
+/// here, from the namespace's own gid_map.
+fn open_bundle_to_container_root(bundle: &Path, c1: Pid) -> Result<(), InitError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let map = fs::read_to_string(format!("/proc/{c1}/gid_map"))
+        .map_err(InitError::io("read the user namespace's gid_map"))?;
+    let Some(root_gid) = map.lines().find_map(|l| {
+        let f: Vec<u32> = l
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        (f.len() == 3 && f[0] == 0).then_some(f[1])
+    }) else {
+        return Ok(());
+    };
+    let md = fs::metadata(bundle).map_err(InitError::io(format!("stat {}", bundle.display())))?;
+    if root_gid == 0 || (md.gid() == root_gid && md.mode() & 0o010 != 0) || md.mode() & 0o001 != 0 {
+        return Ok(());
+    }
+    nix::unistd::chown(bundle, None, Some(Gid::from_raw(root_gid))).map_err(InitError::sys(
+        format!("give {} to gid {root_gid}", bundle.display()),
+    ))?;
+    fs::set_permissions(bundle, fs::Permissions::from_mode(0o710))
+        .map_err(InitError::io(format!("chmod 0710 {}", bundle.display())))
 }
 
 fn open_fd(path: &str) -> Result<OwnedFd, InitError> {
