@@ -211,6 +211,11 @@ impl Containerd {
         &self.address
     }
 
+    /// The ctr binary of this containerd's flavor.
+    pub fn ctr_binary(&self) -> &Path {
+        &self.ctr
+    }
+
     /// The containerd process.
     pub fn pid(&self) -> i32 {
         self.pid

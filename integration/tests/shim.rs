@@ -1585,3 +1585,69 @@ fn containerd16_pod_containers_share_one_shim() -> Result<()> {
 fn containerd2_pod_containers_share_one_shim() -> Result<()> {
     pod_containers_share_one_shim(Flavor::Containerd2)
 }
+
+/// containerd receives TaskCreate, TaskStart, TaskExit, TaskDelete for a container, in that
+/// order, with the exit status in TaskExit and TaskDelete (read from `ctr events`).
+fn events_arrive_in_order(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let address = env.containerd.address().to_string_lossy().into_owned();
+    let ctr_bin = env.containerd.ctr_binary().to_path_buf();
+    let log = env.dir().join("events.log");
+    let mut events = Command::new(&ctr_bin)
+        .args(["--address", &address, "events"])
+        .stdout(fs::File::create(&log)?)
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {} events", ctr_bin.display()))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let id = unique_id("events");
+    let out = env.run(&[], &id, &["/bin/sh", "-c", "exit 7"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let _ = events.wait();
+    let out = out?;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{flavor}: exit status through ctr run"
+    );
+    let text = fs::read_to_string(&log)?;
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("\"container_id\":\"{id}\"")))
+        .collect();
+    let topics: Vec<&str> = ours
+        .iter()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "{flavor}: task events of {id}:\n{text}"
+    );
+    for line in ours
+        .iter()
+        .filter(|l| l.contains("/tasks/exit") || l.contains("/tasks/delete"))
+    {
+        ensure!(
+            line.contains("\"exit_status\":7"),
+            "{flavor}: no exit status 7 in {line}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn containerd16_events_arrive_in_order() -> Result<()> {
+    events_arrive_in_order(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_events_arrive_in_order() -> Result<()> {
+    events_arrive_in_order(Flavor::Containerd2)
+}
