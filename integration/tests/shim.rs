@@ -1651,3 +1651,41 @@ fn containerd16_events_arrive_in_order() -> Result<()> {
 fn containerd2_events_arrive_in_order() -> Result<()> {
     events_arrive_in_order(Flavor::Containerd2)
 }
+
+/// RPCs the shim does not implement yet answer so, by name, instead of pretending. (Stats is
+/// not checked here: containerd turns its error into "no metrics received".)
+fn unimplemented_rpcs_say_so(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let id = unique_id("unimpl");
+    env.run_detached(&[], &id, &["/bin/sleep", "1000"])?;
+    for (args, rpc) in [
+        (vec!["task", "pause", id.as_str()], "Pause"),
+        (
+            vec!["task", "exec", "--exec-id", "x", id.as_str(), "/bin/true"],
+            "Exec",
+        ),
+    ] {
+        let out = env.ctr(&args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success()
+                && stderr.contains(&format!("usernsrs: {rpc} is not implemented yet")),
+            "{flavor}: ctr {args:?} should fail naming {rpc}: {}\n{stderr}",
+            out.status
+        );
+    }
+    env.wait_task(&id, "RUNNING")?;
+    env.kill_and_remove(&id)?;
+    env.assert_no_shim("the unimplemented RPCs")?;
+    Ok(())
+}
+
+#[test]
+fn containerd16_unimplemented_rpcs_say_so() -> Result<()> {
+    unimplemented_rpcs_say_so(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_unimplemented_rpcs_say_so() -> Result<()> {
+    unimplemented_rpcs_say_so(Flavor::Containerd2)
+}
