@@ -9,7 +9,9 @@ pub mod idmap;
 pub mod mount_options;
 pub mod plan;
 pub mod rootfs;
+pub mod volumes;
 
 pub use idmap::{IdMap, IdMapError, IdMapping, UserMapping};
 pub use plan::{plan_container, ContainerPlan, Namespace, NamespaceKind, PlanError, UserNamespace};
 pub use rootfs::{IdmapWith, RootMount, RootfsPlan, RootfsSource};
+pub use volumes::HostBind;

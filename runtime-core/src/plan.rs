@@ -6,6 +6,7 @@ use crate::idmap::{IdMap, IdMapError, IdMapping, UserMapping};
 use crate::rootfs::{
     plan_rootfs, RootMount, RootfsError, RootfsPlan, UsernsFacts, ROOTFS_IDMAP_ANNOTATION,
 };
+use crate::volumes::{plan_volumes, HostBind, VolumeError};
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,8 @@ pub struct ContainerPlan {
     pub rootfs: RootfsPlan,
     /// `linux.cgroupsPath`, if any.
     pub cgroups_path: Option<String>,
+    /// The spec's mounts that are id-mapped on the host side.
+    pub volumes: Vec<HostBind>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,8 @@ pub enum PlanError {
     NoMountNamespace,
     #[error("rootfs")]
     Rootfs(#[from] RootfsError),
+    #[error("id-mapped volume")]
+    Volume(#[from] VolumeError),
 }
 
 fn to_ranges(spec: &[LinuxIdMapping]) -> Vec<IdMapping> {
@@ -306,6 +311,12 @@ pub fn plan_container(
     };
     let root_path = spec.root().as_ref().map(|r| r.path().as_path());
     let rootfs = plan_rootfs(bundle, root_path, rootfs_mounts, &facts, annotation, owner)?;
+    let volumes = plan_volumes(
+        spec.mounts().as_deref().unwrap_or(&[]),
+        bundle,
+        user_namespace.mapping(),
+        user_namespace != UserNamespace::Host,
+    )?;
     let cgroups_path = linux
         .cgroups_path()
         .as_ref()
@@ -319,6 +330,7 @@ pub fn plan_container(
         namespaces,
         rootfs,
         cgroups_path,
+        volumes,
         spec,
     })
 }

@@ -13,7 +13,7 @@
 //! 7. credentials: groups, gid, uid, capabilities, no_new_privs; cwd;
 //! 8. report ready, block until Start, close every fd but stdio, exec.
 
-use crate::create::{clone_flag, Channel};
+use crate::create::{clone_flag, Channel, Volumes};
 use crate::proto::{Sync, EXEC_STATUS_FD, START_FD};
 use crate::{error_chain, InitError};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -24,20 +24,21 @@ use oci_spec::runtime::{Mount, PosixRlimit, Spec};
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 use usernsrs_runtime_core::mount_options::{flags as mflags, parse_mount_options};
 use usernsrs_runtime_core::{ContainerPlan, NamespaceKind};
+use usernsrs_sys::DetachedMount;
 
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Entry point of C2. Never returns: it execs the container process or exits.
-pub(crate) fn run(plan: &ContainerPlan, mut chan: Channel) -> ! {
+pub(crate) fn run(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
     let prepared = (|| -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
         chan.expect_proceed()?;
-        setup(plan)
+        setup(plan, volumes)
     })();
     let (path, args, env) = match prepared {
         Ok(v) => v,
@@ -141,7 +142,10 @@ fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> InitError 
 }
 
 /// Steps 1 to 7. Returns what to exec.
-fn setup(plan: &ContainerPlan) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+fn setup(
+    plan: &ContainerPlan,
+    volumes: &Volumes,
+) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
     let spec = &plan.spec;
     let linux = spec
         .linux()
@@ -184,8 +188,15 @@ fn setup(plan: &ContainerPlan) -> Result<(CString, Vec<CString>, Vec<CString>), 
 
     // Step 3.
     let mut has_dev_tmpfs = false;
-    for m in spec.mounts().iter().flatten() {
-        mount_one(plan, m)?;
+    let root_fd: OwnedFd = fs::File::open(root)
+        .map_err(InitError::io(format!("open rootfs {}", root.display())))?
+        .into();
+    for (index, m) in spec.mounts().iter().flatten().enumerate() {
+        let volume = volumes
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, tree)| tree);
+        mount_one(plan, &root_fd, m, volume)?;
         if m.destination() == Path::new("/dev") {
             has_dev_tmpfs = true;
         }
@@ -391,16 +402,61 @@ pub(crate) fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, InitE
     Ok(root.join(resolved))
 }
 
-fn mount_one(plan: &ContainerPlan, m: &Mount) -> Result<(), InitError> {
+/// Opens `dest` (a path inside the container) as an `O_PATH` fd with the kernel resolving it
+/// inside `root` (RESOLVE_IN_ROOT): even a symlink swapped in after [`resolve_in_root`] cannot
+/// lead the mount out of the rootfs.
+fn open_in_root(root: &OwnedFd, dest: &Path) -> Result<OwnedFd, InitError> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root, dest, how).map_err(InitError::sys(format!(
+        "open mount point {} in the rootfs",
+        dest.display()
+    )))
+}
+
+/// The mount point `dest` as an `O_PATH` fd resolved inside the rootfs, and the
+/// `/proc/self/fd/N` path through which `mount(2)` uses it (it follows that magic link).
+fn target_in_root(root: &OwnedFd, dest: &Path) -> Result<(OwnedFd, PathBuf), InitError> {
+    let fd = open_in_root(root, dest)?;
+    let at = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ));
+    Ok((fd, at))
+}
+
+fn mount_one(
+    plan: &ContainerPlan,
+    root_fd: &OwnedFd,
+    m: &Mount,
+    volume: Option<&DetachedMount>,
+) -> Result<(), InitError> {
     let root = plan.rootfs.target.as_path();
     let dest = resolve_in_root(root, m.destination())?;
     let typ = m.typ().as_deref().unwrap_or("");
     let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
-    if opts.idmap.is_some() || m.uid_mappings().is_some() || m.gid_mappings().is_some() {
-        return Err(fail(format!(
-            "mount {}: idmapped volume mounts are not implemented yet",
+    if let Some(tree) = volume {
+        let is_dir = tree.is_dir().map_err(InitError::io(format!(
+            "stat source of {}",
             m.destination().display()
-        )));
+        )))?;
+        make_mountpoint(&dest, is_dir)?;
+        let target = open_in_root(root_fd, m.destination())?;
+        tree.attach_at(target.as_fd())
+            .map_err(|e| InitError::Mount {
+                what: format!(
+                    "id-mapped {}",
+                    m.source().as_deref().unwrap_or(Path::new("")).display()
+                ),
+                target: dest.clone(),
+                err: e,
+            })?;
+        for p in &opts.propagation {
+            sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
+        }
+        return Ok(());
     }
     let is_bind = opts.is_bind() || typ == "bind";
     if is_bind {
@@ -419,8 +475,9 @@ fn mount_one(plan: &ContainerPlan, m: &Mount) -> Result<(), InitError> {
             m.destination().display()
         )))?;
         make_mountpoint(&dest, md.is_dir())?;
+        let (_target, at) = target_in_root(root_fd, m.destination())?;
         let rec = opts.flags & mflags::REC;
-        sys_mount(Some(&src), &dest, None, mflags::BIND | rec, None)
+        sys_mount(Some(&src), &at, None, mflags::BIND | rec, None)
             .map_err(mount_err(&format!("bind {}", src.display()), &dest))?;
         let extra = opts.flags & !(mflags::BIND | mflags::REC | mflags::REMOUNT);
         if extra != 0 {
@@ -428,11 +485,12 @@ fn mount_one(plan: &ContainerPlan, m: &Mount) -> Result<(), InitError> {
         }
     } else {
         make_mountpoint(&dest, true)?;
+        let (_target, at) = target_in_root(root_fd, m.destination())?;
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
         let result = match typ {
             "cgroup" | "cgroup2" => mount_cgroup(&dest, opts.flags),
-            _ => sys_mount(Some(&src), &dest, Some(typ), opts.flags, data),
+            _ => sys_mount(Some(&src), &at, Some(typ), opts.flags, data),
         };
         match (typ, result) {
             (_, Ok(())) => {}

@@ -163,6 +163,10 @@ fn create(plan: &ContainerPlan) -> Result<i32, InitError> {
 fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError> {
     // Step 1: C2 must stay reapable by us until we hand it over.
     nix::sys::prctl::set_child_subreaper(true).map_err(InitError::sys("set child subreaper"))?;
+    // Step 0: id-mapped volume sources, opened and idmapped here with host privileges, before
+    // any user namespace could stand in the way (a 0700 source owned by host root is fine);
+    // the container process inherits the detached trees and attaches them.
+    let volumes = prepare_volumes(plan)?;
     let (ours, theirs) = UnixStream::pair().map_err(InitError::io("socketpair"))?;
     let mut chan = Channel(ours);
 
@@ -171,7 +175,7 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
     match unsafe { fork() }.map_err(InitError::sys("fork"))? {
         ForkResult::Child => {
             drop(chan);
-            stage_one(plan, Channel(theirs))
+            stage_one(plan, &volumes, Channel(theirs))
         }
         ForkResult::Parent { child } => {
             drop(theirs);
@@ -259,6 +263,116 @@ fn open_bundle_to_container_root(bundle: &Path, c1: Pid) -> Result<(), InitError
         .map_err(InitError::io(format!("chmod 0710 {}", bundle.display())))
 }
 
+/// Detached, idmapped trees for the spec's id-mapped mounts, by index in `spec.mounts`.
+pub(crate) type Volumes = Vec<(usize, DetachedMount)>;
+
+/// The `MOUNT_ATTR_*` bits for the flags of a mount's options.
+fn mount_attrs(flags: u64) -> u64 {
+    use usernsrs_runtime_core::mount_options::flags as f;
+    [
+        (f::RDONLY, libc::MOUNT_ATTR_RDONLY),
+        (f::NOSUID, libc::MOUNT_ATTR_NOSUID),
+        (f::NODEV, libc::MOUNT_ATTR_NODEV),
+        (f::NOEXEC, libc::MOUNT_ATTR_NOEXEC),
+        (f::NOATIME, libc::MOUNT_ATTR_NOATIME),
+        (f::STRICTATIME, libc::MOUNT_ATTR_STRICTATIME),
+        (f::NODIRATIME, libc::MOUNT_ATTR_NODIRATIME),
+        (f::NOSYMFOLLOW, libc::MOUNT_ATTR_NOSYMFOLLOW),
+    ]
+    .iter()
+    .filter(|(flag, _)| flags & flag != 0)
+    .fold(0, |acc, (_, attr)| acc | attr)
+}
+
+/// User namespace fds for id-mapped mounts, one per distinct mapping, made on first use.
+#[derive(Default)]
+struct MountNamespaces(Vec<(Option<usernsrs_runtime_core::UserMapping>, OwnedFd)>);
+
+impl MountNamespaces {
+    fn get(
+        &mut self,
+        plan: &ContainerPlan,
+        idmap: &IdmapWith,
+        what: &Path,
+    ) -> Result<&OwnedFd, InitError> {
+        let mapping = match (idmap, &plan.user_namespace) {
+            (IdmapWith::Mapping(m), _) | (IdmapWith::Container, UserNamespace::New(m)) => {
+                Some(m.clone())
+            }
+            (IdmapWith::Container, UserNamespace::Join { mapping, .. }) => mapping.clone(),
+            (IdmapWith::Container, UserNamespace::Host) => None,
+        };
+        if let Some(i) = self.0.iter().position(|(m, _)| *m == mapping) {
+            return Ok(&self.0[i].1);
+        }
+        let fd = match (&mapping, &plan.user_namespace) {
+            (Some(m), _) => {
+                usernsrs_sys::user_namespace_fd(&m.uid.proc_format(), &m.gid.proc_format())
+                    .map_err(InitError::io(format!(
+                        "user namespace for mount {}",
+                        what.display()
+                    )))?
+            }
+            // A joined namespace whose mapping the spec does not repeat lends its own.
+            (None, UserNamespace::Join { path, .. }) => open_fd(&path.to_string_lossy())?,
+            (None, _) => {
+                return Err(InitError::Protocol(format!(
+                    "mount {} takes the container's mapping, but it has no user namespace",
+                    what.display()
+                )))
+            }
+        };
+        self.0.push((mapping, fd));
+        Ok(&self.0[self.0.len() - 1].1)
+    }
+}
+
+fn prepare_volumes(plan: &ContainerPlan) -> Result<Volumes, InitError> {
+    let mounts = plan.spec.mounts().as_deref().unwrap_or(&[]);
+    let mut namespaces = MountNamespaces::default();
+    let mut out = Vec::new();
+    for v in &plan.volumes {
+        let tree = DetachedMount::clone_tree(&v.source, v.recursive_bind).map_err(
+            InitError::io(format!(
+                "mount {}: open source {}",
+                v.destination.display(),
+                v.source.display()
+            )),
+        )?;
+        if let Some(idmap) = &v.idmap {
+            let ns = namespaces.get(plan, idmap, &v.destination)?;
+            tree.idmap(ns.as_fd(), v.recursive_idmap)
+                .map_err(|err| InitError::VolumeIdmap {
+                    destination: v.destination.clone(),
+                    source_path: v.source.clone(),
+                    fs: crate::fs_type_name(&v.source),
+                    kernel: crate::kernel_release(),
+                    err,
+                })?;
+        }
+        let opts = parse_mount_options(
+            mounts
+                .get(v.index)
+                .and_then(|m| m.options().as_deref())
+                .unwrap_or(&[]),
+        );
+        let attrs = mount_attrs(opts.flags);
+        if attrs != 0 {
+            let set = usernsrs_sys::MountAttrs {
+                set: attrs,
+                ..Default::default()
+            };
+            tree.set_attrs(set, None, false)
+                .map_err(InitError::io(format!(
+                    "mount {}: options",
+                    v.destination.display()
+                )))?;
+        }
+        out.push((v.index, tree));
+    }
+    Ok(out)
+}
+
 fn open_fd(path: &str) -> Result<OwnedFd, InitError> {
     File::open(path)
         .map(OwnedFd::from)
@@ -266,7 +380,7 @@ fn open_fd(path: &str) -> Result<OwnedFd, InitError> {
 }
 
 /// C1: steps 2 and 4. Never returns.
-fn stage_one(plan: &ContainerPlan, mut chan: Channel) -> ! {
+fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
     // The shim's control socket is the helper's business; the container must not hold it.
     // SAFETY: CONTROL_FD is open in this forked copy and nothing here uses it.
     unsafe { libc::close(CONTROL_FD) };
@@ -322,7 +436,7 @@ fn stage_one(plan: &ContainerPlan, mut chan: Channel) -> ! {
                     .0
                     .try_clone()
                     .map_err(InitError::io("dup sync socket"))?;
-                crate::container::run(plan, Channel(own))
+                crate::container::run(plan, volumes, Channel(own))
             }
             ForkResult::Parent { child } => chan.send(&Sync::Pid(child.as_raw())),
         }
@@ -382,9 +496,7 @@ fn idmap_failure(path: &Path, err: std::io::Error) -> InitError {
     InitError::Idmap {
         path: path.to_path_buf(),
         fs: crate::fs_type_name(path),
-        kernel: nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        kernel: crate::kernel_release(),
         err,
     }
 }

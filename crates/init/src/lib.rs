@@ -48,6 +48,21 @@ pub enum InitError {
         #[source]
         err: std::io::Error,
     },
+    #[error(
+        "cannot idmap mount {destination}: source {source_path} is on {fs} (kernel {kernel}), \
+         which cannot be idmapped here (idmapped mounts need Linux 5.12+, tmpfs 6.3+; NFS, \
+         ramfs and FUSE before 6.12 refuse). Way out: drop uidMappings/gidMappings and the \
+         idmap option from this mount and chown the source into the container's range, or use \
+         a filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs)"
+    )]
+    VolumeIdmap {
+        destination: PathBuf,
+        source_path: PathBuf,
+        fs: String,
+        kernel: String,
+        #[source]
+        err: std::io::Error,
+    },
     #[error("{0}")]
     Container(String),
     #[error("{0}")]
@@ -86,6 +101,13 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The running kernel's release, for error messages.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The name of the filesystem `path` is on, for error messages.

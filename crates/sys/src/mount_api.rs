@@ -110,27 +110,48 @@ impl DetachedMount {
         )
     }
 
-    /// Attaches the tree on `target`, consuming it.
-    pub fn attach(self, target: &Path) -> io::Result<()> {
+    /// Attaches the tree on `target`.
+    pub fn attach(&self, target: &Path) -> io::Result<()> {
         let ctarget = c_path(target)?;
+        self.move_to(libc::AT_FDCWD, &ctarget, 0)
+    }
+
+    /// Attaches the tree on the directory or file `target` refers to (an `O_PATH` fd, so that
+    /// a path resolved safely once is not looked up again).
+    pub fn attach_at(&self, target: BorrowedFd<'_>) -> io::Result<()> {
+        self.move_to(target.as_raw_fd(), c"", libc::MOVE_MOUNT_T_EMPTY_PATH)
+    }
+
+    fn move_to(
+        &self,
+        to_dirfd: libc::c_int,
+        to_path: &std::ffi::CStr,
+        flags: libc::c_uint,
+    ) -> io::Result<()> {
         let empty = c"";
         // SAFETY: both strings are valid and NUL-terminated for the duration of the call;
         // `self.fd` is a detached mount fd and MOVE_MOUNT_F_EMPTY_PATH makes the kernel use it
-        // as the source.
+        // as the source; `to_dirfd` is AT_FDCWD or an fd the caller keeps open.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_move_mount,
                 self.fd.as_raw_fd(),
                 empty.as_ptr(),
-                libc::AT_FDCWD,
-                ctarget.as_ptr(),
-                libc::MOVE_MOUNT_F_EMPTY_PATH as libc::c_uint,
+                to_dirfd,
+                to_path.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH | flags,
             )
         };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Whether the root of the tree is a directory (a bind of a file is not).
+    pub fn is_dir(&self) -> io::Result<bool> {
+        let st = nix::sys::stat::fstat(&self.fd)?;
+        Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
     }
 
     /// A path that resolves to the root of the detached tree while this value lives
