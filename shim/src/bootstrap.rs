@@ -258,7 +258,7 @@ pub fn delete(flags: &Flags) -> anyhow::Result<()> {
     let response = DeleteResponse {
         pid: pid.max(0) as u32,
         exit_status: 128 + 9,
-        exited_at: Some(crate::container::timestamp(SystemTime::now())).into(),
+        exited_at: Some(crate::process::timestamp(SystemTime::now())).into(),
         ..Default::default()
     };
     let mut out = std::io::stdout();

@@ -1,85 +1,34 @@
-//! One container: its plan, its init process, and the lifecycle Create → Start → exit → Delete.
+//! One container: its plan, its init process, its exec'd processes, and the lifecycle
+//! Create → Start → exit → Delete.
 //!
 //! Invariants:
-//! - the container's process is created by the helper (a fresh exec of this binary), never by
-//!   forking inside the tokio runtime;
-//! - TaskExit of the init is published only after its output reached containerd and after Start
-//!   finished publishing TaskStart (the `lifecycle` lock orders them);
+//! - every exec'd process's TaskExit is queued before the init's: when the init exits, the
+//!   processes still running in the container are killed (a pid namespace does that by itself;
+//!   without one the shim does it) and their exits published first;
 //! - Delete undoes every host-side change: processes, mounts under the bundle, the cgroup.
 
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
+use crate::process::{timestamp, Exit, Process, Status};
 use crate::reaper::Reaper;
-use crate::stdio::{ProcessIo, StdioPaths};
-use containerd_shim::protos::events::task::{TaskDelete, TaskExit, TaskStart};
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use crate::stdio::StdioPaths;
+use containerd_shim::protos::events::task::{TaskDelete, TaskExecAdded, TaskPaused, TaskResumed};
 use containerd_shim::protos::topics::{
-    TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC,
+    TASK_RESUMED_EVENT_TOPIC,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::watch;
-use usernsrs_init::cgroup::{Cgroup, CGROUP_ROOT};
-use usernsrs_init::proto::{HelperReply, CONTROL_FD, EXEC_STATUS_FD, HELPER_ARG, START_FD};
-use usernsrs_runtime_core::ContainerPlan;
-
-/// How long the exit of a process waits for its output to be copied.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+use usernsrs_init::cgroup::{Cgroup, Limits, CGROUP_ROOT};
+use usernsrs_init::proto::{ExecPlan, HelperRequest};
+use usernsrs_runtime_core::{ContainerPlan, RootfsSource, UserMapping};
 
 /// Name of the file in the bundle that records the init pid and its start time, so that the
 /// `delete` subcommand can find the process after the server died, and never a recycled pid.
 pub const INIT_STATE_FILE: &str = "usernsrs-init.json";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Stopped,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Exit {
-    pub code: u32,
-    pub at: SystemTime,
-}
-
-pub fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-        ..Default::default()
-    }
-}
-
-struct State {
-    status: Status,
-    start_pipe: Option<OwnedFd>,
-    exec_status: Option<OwnedFd>,
-}
-
-pub struct Container {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub pid: i32,
-    pub stdio: StdioPaths,
-    pub rootfs_mounted: bool,
-    cgroup: Option<Cgroup>,
-    state: Mutex<State>,
-    exit: watch::Receiver<Option<Exit>>,
-    io: Arc<tokio::sync::Mutex<ProcessIo>>,
-    /// Held by Start from writing the start byte until TaskStart is queued, and by the exit
-    /// path before TaskExit is queued: TaskStart always comes first.
-    lifecycle: Arc<tokio::sync::Mutex<()>>,
-}
 
 /// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
 pub fn proc_start_time(pid: i32) -> Option<u64> {
@@ -88,92 +37,36 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
-/// Runs the helper on `plan` with the given stdio; returns the init pid and the shim's ends of
-/// the start and exec status pipes.
-async fn run_helper(plan: &ContainerPlan, stdio: [OwnedFd; 3]) -> Result<(i32, OwnedFd, OwnedFd)> {
-    let exe = std::env::current_exe().map_err(ShimError::internal("locate the shim binary"))?;
-    let (control, helper_control) =
-        std::os::unix::net::UnixStream::pair().map_err(ShimError::internal("socketpair"))?;
-    let (start_r, start_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ShimError::internal("pipe"))?;
-    let (status_r, status_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ShimError::internal("pipe"))?;
-    let [stdin, stdout, stderr] = stdio;
+/// The host uid and gid of a process's user, in a container with a known mapping.
+fn host_ids(mapping: Option<&UserMapping>, user: &oci_spec::runtime::User) -> Option<(u32, u32)> {
+    let m = mapping?;
+    Some((m.uid.to_host(user.uid())?, m.gid.to_host(user.gid())?))
+}
 
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg(HELPER_ARG)
-        .current_dir(&plan.bundle)
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr);
-    let passed = [
-        (OwnedFd::from(helper_control), CONTROL_FD),
-        (start_r, START_FD),
-        (status_w, EXEC_STATUS_FD),
-    ];
-    let raw: Vec<(i32, i32)> = passed
-        .iter()
-        .map(|(fd, to)| (fd.as_raw_fd(), *to))
-        .collect();
-    // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup2,
-    // which are async-signal-safe; it touches no memory but the copied `raw` vector.
-    unsafe {
-        cmd.pre_exec(move || {
-            // First move every source above the targets so that no dup2 clobbers a source.
-            let mut high = [(0i32, 0i32); 3];
-            for (i, (src, to)) in raw.iter().enumerate() {
-                let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 10);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high[i] = (fd, *to);
-            }
-            for (fd, to) in high {
-                if libc::dup2(fd, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(ShimError::internal("start the create helper"))?;
-    drop(cmd);
-    drop(passed);
-    log::debug!("helper pid {} creating {}", child.id(), plan.id);
+/// An exec'd process: added by Exec, created and started by Start.
+struct Exec {
+    spec: oci_spec::runtime::Process,
+    stdio: StdioPaths,
+    process: Option<Arc<Process>>,
+    /// Tells waiters (containerd calls Wait before Start) when the process exists.
+    started: tokio::sync::watch::Sender<Option<Arc<Process>>>,
+}
 
-    control
-        .set_nonblocking(true)
-        .map_err(ShimError::internal("control socket"))?;
-    let mut control =
-        tokio::net::UnixStream::from_std(control).map_err(ShimError::internal("control socket"))?;
-    let plan_json = serde_json::to_vec(plan).map_err(ShimError::internal("encode plan"))?;
-    control
-        .write_all(&plan_json)
-        .await
-        .map_err(ShimError::internal("send plan to helper"))?;
-    control
-        .shutdown()
-        .await
-        .map_err(ShimError::internal("send plan to helper"))?;
-    let mut reply = Vec::new();
-    let mut reader = tokio::io::BufReader::new(control);
-    reader
-        .read_until(b'\n', &mut reply)
-        .await
-        .map_err(ShimError::internal("read helper reply"))?;
-    match serde_json::from_slice::<HelperReply>(&reply) {
-        Ok(HelperReply::Created { pid }) => Ok((pid, start_w, status_r)),
-        Ok(HelperReply::Failed { error }) => Err(ShimError::FailedPrecondition(format!(
-            "create {}: {error}",
-            plan.id
-        ))),
-        Err(_) => Err(ShimError::Internal {
-            context: format!("create {}: the helper exited without an answer", plan.id),
-            err: anyhow::anyhow!("reply {:?}", String::from_utf8_lossy(&reply)),
-        }),
-    }
+type Execs = Arc<Mutex<HashMap<String, Exec>>>;
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub init: Arc<Process>,
+    rootfs_mounted: bool,
+    cgroups_path: Option<String>,
+    cgroup: Option<Cgroup>,
+    mapping: Option<UserMapping>,
+    execs: Execs,
+}
+
+fn lock(execs: &Execs) -> std::sync::MutexGuard<'_, HashMap<String, Exec>> {
+    execs.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Container {
@@ -185,197 +78,376 @@ impl Container {
         reaper: &Reaper,
         events: EventQueue,
     ) -> Result<Arc<Container>> {
-        let (io, child_fds) = ProcessIo::open(&stdio)
-            .map_err(ShimError::internal(format!("open stdio of {}", plan.id)))?;
-        let since = reaper.mark();
-        let (pid, start_w, status_r) = run_helper(&plan, child_fds).await?;
-        let exit_rx = reaper.watch(pid, since);
+        let id = plan.id.clone();
+        let bundle = plan.bundle.clone();
+        let cgroups_path = plan.cgroups_path.clone();
+        let mapping = plan.user_namespace.mapping().cloned();
+        let own_pid_ns = plan
+            .namespaces
+            .iter()
+            .any(|n| n.kind == usernsrs_runtime_core::NamespaceKind::Pid && n.path.is_none());
+        let rootfs_mounted = !matches!(plan.rootfs.source, RootfsSource::Directory { .. });
+        let io_owner = plan
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| host_ids(mapping.as_ref(), p.user()));
+        let request = HelperRequest::Create(Box::new(plan));
+        let (init, exit_rx) =
+            Process::create(&request, &id, "", &bundle, stdio, io_owner, reaper).await?;
 
-        let cgroup = match &plan.cgroups_path {
+        let cgroup = match &cgroups_path {
             Some(p) => Some(
                 Cgroup::new(Path::new(CGROUP_ROOT), p)
                     .map_err(ShimError::internal(format!("cgroup {p}")))?,
             ),
             None => None,
         };
-        let state_json = serde_json::json!({ "pid": pid, "start_time": proc_start_time(pid) });
-        if let Err(e) = std::fs::write(plan.bundle.join(INIT_STATE_FILE), state_json.to_string()) {
-            log::warn!("record init state of {}: {e}", plan.id);
-        }
-        let (exit_tx, exit) = watch::channel(None);
-        let container = Arc::new(Container {
-            id: plan.id.clone(),
-            bundle: plan.bundle.clone(),
-            pid,
-            stdio,
-            rootfs_mounted: !matches!(
-                plan.rootfs.source,
-                usernsrs_runtime_core::RootfsSource::Directory { .. }
-            ),
-            cgroup,
-            state: Mutex::new(State {
-                status: Status::Created,
-                start_pipe: Some(start_w),
-                exec_status: Some(status_r),
-            }),
-            exit,
-            io: Arc::new(tokio::sync::Mutex::new(io)),
-            lifecycle: Arc::new(tokio::sync::Mutex::new(())),
-        });
-
-        // The exit path: reaped → output drained → after TaskStart → TaskExit.
-        let c = container.clone();
-        tokio::spawn(async move {
-            let code = exit_rx.await.unwrap_or(255);
-            c.io.lock().await.drain(DRAIN_LIMIT).await;
-            let _order = c.lifecycle.lock().await;
-            let at = SystemTime::now();
-            {
-                let mut st = c.lock_state();
-                st.status = Status::Stopped;
-                st.start_pipe = None;
+        if let Some(cg) = &cgroup {
+            if let Err(e) = crate::oom::watch(cg, id.clone(), events.clone()) {
+                log::warn!("container {id}: no OOM events: {e}");
             }
-            events.send(
-                TASK_EXIT_EVENT_TOPIC,
-                TaskExit {
-                    container_id: c.id.clone(),
-                    id: c.id.clone(),
-                    pid: c.pid as u32,
-                    exit_status: code as u32,
-                    exited_at: Some(timestamp(at)).into(),
-                    ..Default::default()
-                },
-            );
-            let _ = exit_tx.send(Some(Exit {
-                code: code as u32,
-                at,
-            }));
-        });
-        Ok(container)
+        }
+        let state_json =
+            serde_json::json!({ "pid": init.pid, "start_time": proc_start_time(init.pid) });
+        if let Err(e) = std::fs::write(bundle.join(INIT_STATE_FILE), state_json.to_string()) {
+            log::warn!("record init state of {id}: {e}");
+        }
+        let execs: Execs = Arc::default();
+        // Before the init's TaskExit: without a pid namespace of its own, what is left of the
+        // container is killed (a pid namespace does that itself), then the exec'd processes'
+        // exits are published.
+        let gate = {
+            let execs = execs.clone();
+            let cgroup = cgroup.clone();
+            async move {
+                if !own_pid_ns {
+                    if let Some(cg) = &cgroup {
+                        for pid in cg.pids().unwrap_or_default() {
+                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                    }
+                }
+                let started: Vec<Arc<Process>> = lock(&execs)
+                    .values()
+                    .filter_map(|e| e.process.clone())
+                    .collect();
+                for p in started {
+                    let _ = p.signal(Signal::SIGKILL);
+                    p.wait().await;
+                }
+            }
+        };
+        init.publish_exit(exit_rx, events, gate);
+        Ok(Arc::new(Container {
+            id,
+            bundle,
+            init,
+            rootfs_mounted,
+            cgroups_path,
+            cgroup,
+            mapping,
+            execs,
+        }))
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The init for an empty exec id, else the started exec'd process.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        lock(&self.execs)
+            .get(exec_id)
+            .and_then(|e| e.process.clone())
+            .ok_or_else(|| {
+                ShimError::NotFound(format!(
+                    "exec process {exec_id} of {} not found or not started",
+                    self.id
+                ))
+            })
     }
 
-    pub fn status(&self) -> Status {
-        self.lock_state().status
-    }
-
-    pub fn exit(&self) -> Option<Exit> {
-        *self.exit.borrow()
-    }
-
-    /// Start: release the init and wait for its exec to succeed or fail.
-    pub async fn start(&self, events: &EventQueue) -> Result<()> {
-        let _order = self.lifecycle.lock().await;
-        let (start, status) = {
-            let mut st = self.lock_state();
-            if st.status != Status::Created {
-                return Err(ShimError::FailedPrecondition(format!(
-                    "container {} is {:?}, not created",
-                    self.id, st.status
+    /// Wait: blocks until the process exits, including an exec'd process not started yet.
+    pub async fn wait(&self, exec_id: &str) -> Result<Exit> {
+        if exec_id.is_empty() {
+            return Ok(self.init.wait().await);
+        }
+        let mut started = {
+            let execs = lock(&self.execs);
+            let e = execs.get(exec_id).ok_or_else(|| {
+                ShimError::NotFound(format!("exec process {exec_id} of {} not found", self.id))
+            })?;
+            e.started.subscribe()
+        };
+        loop {
+            let current = started.borrow_and_update().clone();
+            if let Some(p) = current {
+                return Ok(p.wait().await);
+            }
+            if started.changed().await.is_err() {
+                return Err(ShimError::NotFound(format!(
+                    "exec process {exec_id} of {} was deleted before it started",
+                    self.id
                 )));
             }
-            (st.start_pipe.take(), st.exec_status.take())
-        };
-        let (Some(start), Some(status)) = (start, status) else {
+        }
+    }
+
+    /// State of an exec id: its process if started, or the paths of a created one.
+    pub fn exec_state(&self, exec_id: &str) -> Result<(Option<Arc<Process>>, StdioPaths)> {
+        let execs = lock(&self.execs);
+        let e = execs.get(exec_id).ok_or_else(|| {
+            ShimError::NotFound(format!("exec process {exec_id} of {} not found", self.id))
+        })?;
+        Ok((e.process.clone(), e.stdio.clone()))
+    }
+
+    /// Exec: records the process; it is created at Start.
+    pub fn add_exec(
+        &self,
+        exec_id: &str,
+        spec: oci_spec::runtime::Process,
+        stdio: StdioPaths,
+        events: &EventQueue,
+    ) -> Result<()> {
+        if self.init.exit().is_some() || self.init.status() != Status::Running {
             return Err(ShimError::FailedPrecondition(format!(
-                "container {} was already started",
-                self.id
-            )));
-        };
-        let outcome = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            nix::unistd::write(&start, b"s")?;
-            drop(start);
-            let mut msg = String::new();
-            File::from(status).read_to_string(&mut msg)?;
-            Ok(msg)
-        })
-        .await
-        .map_err(ShimError::internal("start task"))?
-        .map_err(ShimError::internal(format!("start {}", self.id)))?;
-        if !outcome.is_empty() {
-            return Err(ShimError::FailedPrecondition(format!(
-                "start {}: {outcome}",
+                "container {} is not running: cannot exec {exec_id}",
                 self.id
             )));
         }
-        self.lock_state().status = Status::Running;
+        if spec.terminal() == Some(true) {
+            return Err(ShimError::Unimplemented(
+                "a terminal for exec (ctr exec -t)",
+            ));
+        }
+        if spec.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(ShimError::InvalidArgument(format!(
+                "exec {exec_id}: process.args is empty"
+            )));
+        }
+        if let Some(m) = &self.mapping {
+            let user = spec.user();
+            let unmapped = |what: &str, id: u32| {
+                ShimError::InvalidArgument(format!(
+                    "exec {exec_id}: {what} {id} is not mapped in the container's user namespace"
+                ))
+            };
+            if m.uid.to_host(user.uid()).is_none() {
+                return Err(unmapped("user.uid", user.uid()));
+            }
+            if m.gid.to_host(user.gid()).is_none() {
+                return Err(unmapped("user.gid", user.gid()));
+            }
+        }
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(exec_id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "exec process {exec_id} of {} already exists",
+                self.id
+            )));
+        }
+        let (started, _) = tokio::sync::watch::channel(None);
+        execs.insert(
+            exec_id.to_string(),
+            Exec {
+                spec,
+                stdio,
+                process: None,
+                started,
+            },
+        );
         events.send(
-            TASK_START_EVENT_TOPIC,
-            TaskStart {
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded {
                 container_id: self.id.clone(),
-                pid: self.pid as u32,
+                exec_id: exec_id.to_string(),
                 ..Default::default()
             },
         );
         Ok(())
     }
 
-    /// The processes of the container: its cgroup's, or the init alone without a cgroup.
-    pub fn pids(&self) -> Vec<i32> {
-        match self.cgroup.as_ref().map(Cgroup::pids) {
-            Some(Ok(pids)) if !pids.is_empty() => pids,
-            _ if self.exit().is_none() => vec![self.pid],
-            _ => Vec::new(),
-        }
-    }
-
-    pub fn kill(&self, signal: u32, all: bool) -> Result<()> {
-        if self.exit().is_some() {
-            return Err(ShimError::NotFound(format!(
-                "process {} of {} already finished",
-                self.pid, self.id
+    /// Start of an exec'd process: the helper creates it in the container, then it is released.
+    pub async fn start_exec(
+        &self,
+        exec_id: &str,
+        reaper: &Reaper,
+        events: &EventQueue,
+    ) -> Result<Arc<Process>> {
+        let (spec, stdio) = {
+            let execs = lock(&self.execs);
+            let e = execs.get(exec_id).ok_or_else(|| {
+                ShimError::NotFound(format!("exec process {exec_id} of {} not found", self.id))
+            })?;
+            if e.process.is_some() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec process {exec_id} was already started"
+                )));
+            }
+            (e.spec.clone(), e.stdio.clone())
+        };
+        if self.init.exit().is_some() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} has exited: cannot start exec {exec_id}",
+                self.id
             )));
         }
-        let sig = Signal::try_from(signal as i32)
-            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
-        let targets = if all { self.pids() } else { vec![self.pid] };
-        for pid in targets {
-            match kill(Pid::from_raw(pid), sig) {
-                Ok(()) | Err(nix::Error::ESRCH) => {}
-                Err(e) => return Err(ShimError::internal(format!("kill {pid} with {sig}"))(e)),
-            }
+        let request = HelperRequest::Exec(Box::new(ExecPlan {
+            container_id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            init_pid: self.init.pid,
+            process: spec,
+            cgroups_path: self.cgroups_path.clone(),
+        }));
+        let io_owner = match &request {
+            HelperRequest::Exec(plan) => host_ids(self.mapping.as_ref(), plan.process.user()),
+            HelperRequest::Create(_) => None,
+        };
+        let (process, exit_rx) =
+            Process::create(&request, &self.id, exec_id, &self.bundle, stdio, io_owner, reaper)
+                .await?;
+        process.publish_exit(exit_rx, events.clone(), async {});
+        if let Some(e) = lock(&self.execs).get_mut(exec_id) {
+            e.process = Some(process.clone());
+            e.started.send_replace(Some(process.clone()));
+        }
+        process.start(events).await?;
+        Ok(process)
+    }
+
+    fn cgroup_for(&self, what: &str) -> Result<Cgroup> {
+        self.cgroup.clone().ok_or_else(|| {
+            ShimError::FailedPrecondition(format!(
+                "{what} {}: the container has no cgroup (linux.cgroupsPath is empty)",
+                self.id
+            ))
+        })
+    }
+
+    /// Pause (`freeze = true`) or Resume, through the freezer; TaskPaused/TaskResumed.
+    pub async fn freeze(&self, freeze: bool, events: &EventQueue) -> Result<()> {
+        let what = if freeze { "pause" } else { "resume" };
+        if self.init.exit().is_some() || self.init.status() != Status::Running {
+            return Err(ShimError::FailedPrecondition(format!(
+                "{what} {}: the container is not running",
+                self.id
+            )));
+        }
+        let cg = self.cgroup_for(what)?;
+        tokio::task::spawn_blocking(move || cg.freeze(freeze))
+            .await
+            .map_err(ShimError::internal(what))?
+            .map_err(ShimError::internal(format!("{what} {}", self.id)))?;
+        if freeze {
+            events.send(
+                TASK_PAUSED_EVENT_TOPIC,
+                TaskPaused {
+                    container_id: self.id.clone(),
+                    ..Default::default()
+                },
+            );
+        } else {
+            events.send(
+                TASK_RESUMED_EVENT_TOPIC,
+                TaskResumed {
+                    container_id: self.id.clone(),
+                    ..Default::default()
+                },
+            );
         }
         Ok(())
     }
 
-    pub async fn wait(&self) -> Exit {
-        let mut rx = self.exit.clone();
-        loop {
-            if let Some(exit) = *rx.borrow_and_update() {
-                return exit;
-            }
-            if rx.changed().await.is_err() {
-                return Exit {
-                    code: 255,
-                    at: SystemTime::now(),
-                };
-            }
+    /// Whether the container's processes are frozen.
+    pub fn paused(&self) -> bool {
+        self.init.exit().is_none() && self.cgroup.as_ref().is_some_and(Cgroup::is_frozen)
+    }
+
+    /// Stats: the cgroup's usage in containerd's metrics type.
+    pub fn stats(&self) -> Result<containerd_shim::protos::protobuf::well_known_types::any::Any> {
+        let cg = self.cgroup_for("stats")?;
+        crate::metrics::to_any(&cg.usage()).map_err(ShimError::internal("encode metrics"))
+    }
+
+    /// Update: new resource limits for the running container.
+    pub fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        if self.init.exit().is_some() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "update {}: the container has exited",
+                self.id
+            )));
+        }
+        let cg = self.cgroup_for("update")?;
+        cg.apply(&Limits::from_resources(resources))
+            .map_err(|e| ShimError::InvalidArgument(format!("update {}: {e}", self.id)))
+    }
+
+    /// The processes of the container: its cgroup's, or the init alone without a cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        match self.cgroup.as_ref().map(Cgroup::pids) {
+            Some(Ok(pids)) if !pids.is_empty() => pids,
+            _ if self.init.exit().is_none() => vec![self.init.pid],
+            _ => Vec::new(),
         }
     }
 
-    pub async fn close_stdin(&self) {
-        self.io.lock().await.close_stdin();
+    pub fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = Signal::try_from(signal as i32)
+            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
+        let process = self.process(exec_id)?;
+        if all && exec_id.is_empty() {
+            process.signal(sig)?;
+            for pid in self.pids() {
+                match kill(Pid::from_raw(pid), sig) {
+                    Ok(()) | Err(nix::Error::ESRCH) => {}
+                    Err(e) => return Err(ShimError::internal(format!("kill {pid} with {sig}"))(e)),
+                }
+            }
+            return Ok(());
+        }
+        process.signal(sig)
     }
 
-    /// Delete: the init must have exited (a created one is killed first). Undoes the host-side
-    /// setup and publishes TaskDelete.
+    /// Delete of an exec'd process: it must have exited (a created one is just forgotten).
+    pub async fn delete_exec(&self, exec_id: &str) -> Result<(i32, Exit)> {
+        let (process, _) = self.exec_state(exec_id)?;
+        let result = match process {
+            Some(p) if p.exit().is_none() => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec process {exec_id} of {} is running: kill it before delete",
+                    self.id
+                )))
+            }
+            Some(p) => (p.pid, p.wait().await),
+            None => (
+                0,
+                Exit {
+                    code: 0,
+                    at: std::time::SystemTime::now(),
+                },
+            ),
+        };
+        lock(&self.execs).remove(exec_id);
+        Ok(result)
+    }
+
+    /// Delete of the container: the init must have exited (a created one is killed first).
+    /// Undoes the host-side setup and publishes TaskDelete.
     pub async fn delete(&self, events: &EventQueue) -> Result<Exit> {
-        match self.status() {
-            Status::Running => {
+        match self.init.status() {
+            Status::Running if self.init.exit().is_none() => {
                 return Err(ShimError::FailedPrecondition(format!(
                     "container {} is running: kill it before delete",
                     self.id
                 )))
             }
-            Status::Created if self.exit().is_none() => {
-                let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            Status::Created if self.init.exit().is_none() => {
+                let _ = kill(Pid::from_raw(self.init.pid), Signal::SIGKILL);
             }
             _ => {}
         }
-        let exit = self.wait().await;
+        let exit = self.init.wait().await;
         cleanup_host(&self.bundle, self.rootfs_mounted, self.cgroup.as_ref()).map_err(|e| {
             ShimError::Internal {
                 context: format!("clean up {}", self.id),
@@ -388,7 +460,7 @@ impl Container {
             TaskDelete {
                 container_id: self.id.clone(),
                 id: self.id.clone(),
-                pid: self.pid as u32,
+                pid: self.init.pid as u32,
                 exit_status: exit.code,
                 exited_at: Some(timestamp(exit.at)).into(),
                 ..Default::default()

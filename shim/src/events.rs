@@ -52,7 +52,7 @@ impl EventQueue {
                 };
                 let envelope = match containerd_shim::util::convert_to_any(event) {
                     Ok(any) => Envelope {
-                        timestamp: Some(crate::container::timestamp(std::time::SystemTime::now()))
+                        timestamp: Some(crate::process::timestamp(std::time::SystemTime::now()))
                             .into(),
                         namespace: namespace.clone(),
                         topic: topic.to_string(),

@@ -4,9 +4,10 @@
 //! `containerd.task.v3.Task` (containerd 2.x); the messages are the same. RPCs this shim does not
 //! implement yet answer UNIMPLEMENTED with a sentence saying so.
 
-use crate::container::{timestamp, Container, Status};
+use crate::container::Container;
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
+use crate::process::{timestamp, Status};
 use crate::reaper::Reaper;
 use crate::stdio::StdioPaths;
 use async_trait::async_trait;
@@ -32,25 +33,18 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use usernsrs_runtime_core::{plan_container, RootMount};
 
+/// How long a server with no container waits for one before it exits.
+const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Service {
-    containers: Mutex<HashMap<String, Arc<Container>>>,
-    creating: Mutex<HashSet<String>>,
+    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
+    creating: Arc<Mutex<HashSet<String>>>,
     reaper: Reaper,
     events: EventQueue,
     shutdown: Arc<Notify>,
 }
 
 type RpcResult<T> = ttrpc::Result<T>;
-
-fn no_exec(exec_id: &str) -> Result<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(ShimError::NotFound(format!(
-            "exec process {exec_id} does not exist (exec is not implemented yet)"
-        )))
-    }
-}
 
 fn owner(path: &Path) -> std::io::Result<(u32, u32)> {
     let md = std::fs::metadata(path)?;
@@ -60,8 +54,8 @@ fn owner(path: &Path) -> std::io::Result<(u32, u32)> {
 impl Service {
     pub fn new(reaper: Reaper, events: EventQueue, shutdown: Arc<Notify>) -> Self {
         Self {
-            containers: Mutex::default(),
-            creating: Mutex::default(),
+            containers: Arc::default(),
+            creating: Arc::default(),
             reaper,
             events,
             shutdown,
@@ -105,8 +99,11 @@ impl Service {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        if result.is_err() {
+            self.exit_if_idle();
+        }
         let container = result?;
-        let pid = container.pid;
+        let pid = container.init.pid;
         self.map().insert(id.clone(), container);
         self.events.send(
             TASK_CREATE_EVENT_TOPIC,
@@ -130,6 +127,41 @@ impl Service {
             pid: pid as u32,
             ..Default::default()
         })
+    }
+
+    fn idle(&self) -> bool {
+        self.map().is_empty()
+            && self
+                .creating
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
+    /// containerd 2.x does not send Shutdown to a server whose only Create failed: it hangs up
+    /// and runs `delete`. A server left with nothing to serve exits after a grace period (a
+    /// Create of the same group may still be on its way).
+    fn exit_if_idle(&self) {
+        let (containers, creating, shutdown) = (
+            self.containers.clone(),
+            self.creating.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE_EXIT).await;
+            let idle = containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+                && creating
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+            if idle {
+                log::info!("no container to serve after a failed create: exiting");
+                shutdown.notify_one();
+            }
+        });
     }
 
     async fn create_unreserved(&self, req: &CreateTaskRequest) -> Result<Arc<Container>> {
@@ -164,16 +196,40 @@ impl Service {
     }
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        let exit = c.delete(&self.events).await?;
-        self.map().remove(&req.id);
+        let (pid, exit) = if req.exec_id.is_empty() {
+            let exit = c.delete(&self.events).await?;
+            self.map().remove(&req.id);
+            (c.init.pid, exit)
+        } else {
+            c.delete_exec(&req.exec_id).await?
+        };
         Ok(DeleteResponse {
-            pid: c.pid as u32,
+            pid: pid as u32,
             exit_status: exit.code,
             exited_at: Some(timestamp(exit.at)).into(),
             ..Default::default()
         })
+    }
+
+    fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
+        let c = self.get(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("exec needs an exec id".into()));
+        }
+        let spec = req.spec.as_ref().ok_or_else(|| {
+            ShimError::InvalidArgument(format!("exec {}: no process spec", req.exec_id))
+        })?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&spec.value).map_err(|e| {
+                ShimError::InvalidArgument(format!("exec {}: process spec: {e}", req.exec_id))
+            })?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+        };
+        c.add_exec(&req.exec_id, process, stdio, &self.events)
     }
 }
 
@@ -194,32 +250,49 @@ impl Task for Service {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> RpcResult<StartResponse> {
-        no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        c.start(&self.events).await?;
+        let process = if req.exec_id.is_empty() {
+            c.init.start(&self.events).await?;
+            c.init.clone()
+        } else {
+            c.start_exec(&req.exec_id, &self.reaper, &self.events)
+                .await?
+        };
         Ok(StartResponse {
-            pid: c.pid as u32,
+            pid: process.pid as u32,
             ..Default::default()
         })
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> RpcResult<StateResponse> {
-        no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        let exit = c.exit();
-        let status = match (exit, c.status()) {
-            (Some(_), _) | (_, Status::Stopped) => TaskStatus::STOPPED,
-            (None, Status::Created) => TaskStatus::CREATED,
-            (None, Status::Running) => TaskStatus::RUNNING,
+        let (process, stdio) = if req.exec_id.is_empty() {
+            (Some(c.init.clone()), c.init.stdio.clone())
+        } else {
+            c.exec_state(&req.exec_id)?
+        };
+        let exit = process.as_ref().and_then(|p| p.exit());
+        let status = match (exit, process.as_ref().map(|p| p.status())) {
+            (Some(_), _) | (_, Some(Status::Stopped)) => TaskStatus::STOPPED,
+            (None, None) | (None, Some(Status::Created)) => TaskStatus::CREATED,
+            (None, Some(Status::Running)) if req.exec_id.is_empty() && c.paused() => {
+                TaskStatus::PAUSED
+            }
+            (None, Some(Status::Running)) => TaskStatus::RUNNING,
         };
         Ok(StateResponse {
-            id: c.id.clone(),
+            id: if req.exec_id.is_empty() {
+                c.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
             bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: c.pid as u32,
+            pid: process.map_or(0, |p| p.pid as u32),
             status: status.into(),
-            stdin: c.stdio.stdin.clone(),
-            stdout: c.stdio.stdout.clone(),
-            stderr: c.stdio.stderr.clone(),
+            stdin: stdio.stdin,
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
+            exec_id: req.exec_id.clone(),
             exit_status: exit.map_or(0, |e| e.code),
             exited_at: exit.map(|e| timestamp(e.at)).into(),
             ..Default::default()
@@ -227,9 +300,7 @@ impl Task for Service {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> RpcResult<WaitResponse> {
-        no_exec(&req.exec_id)?;
-        let c = self.get(&req.id)?;
-        let exit = c.wait().await;
+        let exit = self.get(&req.id)?.wait(&req.exec_id).await?;
         Ok(WaitResponse {
             exit_status: exit.code,
             exited_at: Some(timestamp(exit.at)).into(),
@@ -238,8 +309,7 @@ impl Task for Service {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> RpcResult<Empty> {
-        no_exec(&req.exec_id)?;
-        self.get(&req.id)?.kill(req.signal, req.all)?;
+        self.get(&req.id)?.kill(&req.exec_id, req.signal, req.all)?;
         Ok(Empty::new())
     }
 
@@ -264,10 +334,9 @@ impl Task for Service {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> RpcResult<Empty> {
-        no_exec(&req.exec_id)?;
-        let c = self.get(&req.id)?;
+        let process = self.get(&req.id)?.process(&req.exec_id)?;
         if req.stdin {
-            c.close_stdin().await;
+            process.close_stdin().await;
         }
         Ok(Empty::new())
     }
@@ -277,7 +346,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: ConnectRequest,
     ) -> RpcResult<ConnectResponse> {
-        let task_pid = self.map().get(&req.id).map_or(0, |c| c.pid as u32);
+        let task_pid = self.map().get(&req.id).map_or(0, |c| c.init.pid as u32);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -286,13 +355,7 @@ impl Task for Service {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> RpcResult<Empty> {
-        let busy = !self.map().is_empty()
-            || !self
-                .creating
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
-        if busy {
+        if !self.idle() {
             log::info!("shutdown requested while containers remain: ignored");
         } else {
             log::info!("shutdown: no container left");
@@ -301,12 +364,14 @@ impl Task for Service {
         Ok(Empty::new())
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> RpcResult<Empty> {
-        Err(ShimError::Unimplemented("Pause").into())
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> RpcResult<Empty> {
+        self.get(&req.id)?.freeze(true, &self.events).await?;
+        Ok(Empty::new())
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, _req: ResumeRequest) -> RpcResult<Empty> {
-        Err(ShimError::Unimplemented("Resume").into())
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> RpcResult<Empty> {
+        self.get(&req.id)?.freeze(false, &self.events).await?;
+        Ok(Empty::new())
     }
 
     async fn checkpoint(
@@ -317,19 +382,34 @@ impl Task for Service {
         Err(ShimError::Unimplemented("Checkpoint").into())
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> RpcResult<Empty> {
-        Err(ShimError::Unimplemented("Exec").into())
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> RpcResult<Empty> {
+        log::info!("exec {} in {}", req.exec_id, req.id);
+        self.do_exec(req)?;
+        Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> RpcResult<Empty> {
         Err(ShimError::Unimplemented("ResizePty").into())
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> RpcResult<Empty> {
-        Err(ShimError::Unimplemented("Update").into())
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> RpcResult<Empty> {
+        let c = self.get(&req.id)?;
+        let any = req.resources.as_ref().ok_or_else(|| {
+            ShimError::InvalidArgument(format!("update {}: no resources", req.id))
+        })?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| {
+                ShimError::InvalidArgument(format!("update {}: resources: {e}", req.id))
+            })?;
+        c.update(&resources)?;
+        Ok(Empty::new())
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, _req: StatsRequest) -> RpcResult<StatsResponse> {
-        Err(ShimError::Unimplemented("Stats").into())
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> RpcResult<StatsResponse> {
+        let stats = self.get(&req.id)?.stats()?;
+        Ok(StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
     }
 }

@@ -46,8 +46,11 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl ProcessIo {
-    /// Sets up the copies and returns the fds the process gets as 0, 1 and 2.
-    pub fn open(paths: &StdioPaths) -> io::Result<(ProcessIo, [OwnedFd; 3])> {
+    /// Sets up the copies and returns the fds the process gets as 0, 1 and 2. The pipes are
+    /// given to `owner` (the host ids of the process's user), so that a non-root process in a
+    /// user namespace can reopen `/dev/stdout` and `/dev/stderr` (containerd issue 10598);
+    /// /dev/null is never chowned.
+    pub fn open(paths: &StdioPaths, owner: Option<(u32, u32)>) -> io::Result<(ProcessIo, [OwnedFd; 3])> {
         let mut io = ProcessIo::default();
         let stdin = if paths.stdin.is_empty() {
             dev_null()?
@@ -81,6 +84,13 @@ impl ProcessIo {
         };
         let stdout = output(&paths.stdout)?;
         let stderr = output(&paths.stderr)?;
+        if let Some((uid, gid)) = owner {
+            for (fd, path) in [(&stdin, &paths.stdin), (&stdout, &paths.stdout), (&stderr, &paths.stderr)] {
+                if !path.is_empty() {
+                    nix::unistd::fchown(fd, Some(uid.into()), Some(gid.into()))?;
+                }
+            }
+        }
         Ok((io, [stdin, stdout, stderr]))
     }
 

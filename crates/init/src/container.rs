@@ -20,7 +20,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{chdir, pivot_root, sethostname, setresgid, setresuid, Gid, Uid};
-use oci_spec::runtime::{Mount, PosixRlimit, Spec};
+use oci_spec::runtime::{Mount, PosixRlimit, Process, Spec};
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
@@ -34,12 +34,21 @@ use usernsrs_sys::DetachedMount;
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// What `execve` gets: the program, argv and envp.
+pub(crate) type ExecArgs = (CString, Vec<CString>, Vec<CString>);
+
 /// Entry point of C2. Never returns: it execs the container process or exits.
 pub(crate) fn run(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
-    let prepared = (|| -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+    let prepared = (|| -> Result<ExecArgs, InitError> {
         chan.expect_proceed()?;
         setup(plan, volumes)
     })();
+    ready_then_exec(chan, prepared)
+}
+
+/// Step 8, shared by containers and exec'd processes: report ready (or the error), block until
+/// Start, keep only stdio, exec. Never returns.
+pub(crate) fn ready_then_exec(mut chan: Channel, prepared: Result<ExecArgs, InitError>) -> ! {
     let (path, args, env) = match prepared {
         Ok(v) => v,
         Err(e) => {
@@ -54,8 +63,8 @@ pub(crate) fn run(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) ->
     }
     drop(chan);
 
-    // Step 8: wait for Start. EOF without a byte means the shim gave up on us (Delete of a
-    // created container, or the shim died): exit quietly.
+    // EOF without a byte means the shim gave up on us (Delete of a created container, or the
+    // shim died): exit quietly.
     // SAFETY: START_FD is the start pipe's read end, handed to the helper by the shim (proto).
     let mut start = unsafe { fs::File::from_raw_fd(START_FD) };
     let mut byte = [0u8; 1];
@@ -240,6 +249,12 @@ fn setup(
         fs::write(&path, value).map_err(InitError::io(format!("sysctl {key}={value}")))?;
     }
     let process = spec.process().as_ref().ok_or(fail("spec has no process"))?;
+    become_process(process)
+}
+
+/// Steps 6 (rlimits) and 7, shared with exec'd processes: the process's limits, groups, ids,
+/// capabilities, no_new_privs, umask and cwd; returns what to exec.
+pub(crate) fn become_process(process: &Process) -> Result<ExecArgs, InitError> {
     for rl in process.rlimits().iter().flatten() {
         set_rlimit(rl)?;
     }
@@ -304,7 +319,7 @@ fn setup(
         cwd.display()
     )))?;
 
-    exec_target(spec)
+    exec_target(process)
 }
 
 fn to_caps(set: &oci_spec::runtime::Capabilities) -> Result<caps::CapsHashSet, InitError> {
@@ -723,8 +738,7 @@ fn readonly_path(p: &Path) -> Result<(), InitError> {
 
 /// The program to exec, its argv and envp. A bare name is looked up in the container's PATH now,
 /// so "not found" is a Create error, as with runc.
-fn exec_target(spec: &Spec) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
-    let process = spec.process().as_ref().ok_or(fail("spec has no process"))?;
+fn exec_target(process: &Process) -> Result<ExecArgs, InitError> {
     let args = process.args().clone().unwrap_or_default();
     let env = process.env().clone().unwrap_or_default();
     let first = args.first().ok_or(fail("process.args is empty"))?;

@@ -25,7 +25,7 @@
 //! step 3 are detached, the cgroup is removed. Nothing is left behind.
 
 use crate::cgroup::{Cgroup, CGROUP_ROOT};
-use crate::proto::{HelperReply, Sync, CONTROL_FD};
+use crate::proto::{HelperReply, HelperRequest, Sync, CONTROL_FD};
 use crate::{error_chain, InitError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
@@ -79,7 +79,23 @@ impl Channel {
         }
     }
 
-    fn expect(&mut self, what: &str, pred: impl Fn(&Sync) -> bool) -> Result<Sync, InitError> {
+    pub(crate) fn new(stream: UnixStream) -> Self {
+        Channel(stream)
+    }
+
+    pub(crate) fn try_clone(&self) -> Result<Self, InitError> {
+        Ok(Channel(
+            self.0
+                .try_clone()
+                .map_err(InitError::io("dup sync socket"))?,
+        ))
+    }
+
+    pub(crate) fn expect_msg(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Sync) -> bool,
+    ) -> Result<Sync, InitError> {
         let msg = self.recv()?;
         if pred(&msg) {
             Ok(msg)
@@ -94,7 +110,10 @@ pub fn helper_main() -> ! {
     // SAFETY: the shim hands the helper its control socket as fd CONTROL_FD (see `proto`), and
     // nothing else in this process owns that fd.
     let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let reply = match read_plan(&mut control).and_then(|plan| create(&plan)) {
+    let reply = match read_request(&mut control).and_then(|req| match req {
+        HelperRequest::Create(plan) => create(&plan),
+        HelperRequest::Exec(plan) => crate::exec::exec(&plan),
+    }) {
         Ok(pid) => HelperReply::Created { pid },
         Err(e) => HelperReply::Failed {
             error: error_chain(&e),
@@ -113,12 +132,12 @@ pub fn helper_main() -> ! {
     std::process::exit(code)
 }
 
-fn read_plan(control: &mut UnixStream) -> Result<ContainerPlan, InitError> {
+fn read_request(control: &mut UnixStream) -> Result<HelperRequest, InitError> {
     let mut bytes = Vec::new();
     control
         .read_to_end(&mut bytes)
-        .map_err(InitError::io("read the container plan"))?;
-    serde_json::from_slice(&bytes).map_err(InitError::json("decode the container plan"))
+        .map_err(InitError::io("read the helper request"))?;
+    serde_json::from_slice(&bytes).map_err(InitError::json("decode the helper request"))
 }
 
 /// What to undo if creation fails part way.
@@ -185,7 +204,7 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
     let c1 = undo.c1.ok_or(InitError::Protocol("no C1".into()))?;
 
     // Step 3: the user namespace's fd, then the rootfs on the host side.
-    chan.expect("UsernsReady", |m| matches!(m, Sync::UsernsReady))?;
+    chan.expect_msg("UsernsReady", |m| matches!(m, Sync::UsernsReady))?;
     let userns: Option<OwnedFd> = match &plan.user_namespace {
         UserNamespace::Host => None,
         UserNamespace::New(mapping) => {
@@ -206,7 +225,7 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
     chan.send(&Sync::Proceed)?;
 
     // Step 4 happens in C1; we learn C2's pid and reap C1.
-    let Sync::Pid(raw) = chan.expect("Pid", |m| matches!(m, Sync::Pid(_)))? else {
+    let Sync::Pid(raw) = chan.expect_msg("Pid", |m| matches!(m, Sync::Pid(_)))? else {
         unreachable!("expect checked the variant")
     };
     let c2 = Pid::from_raw(raw);
@@ -221,6 +240,17 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
         cg.create()
             .map_err(InitError::io(format!("create cgroup {path}")))?;
         undo.cgroup = Some(cg.clone());
+        if let Some(resources) = plan
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        {
+            cg.apply(&crate::cgroup::Limits::from_resources(resources))
+                .map_err(InitError::io(format!(
+                    "apply linux.resources to cgroup {path}"
+                )))?;
+        }
         cg.add(raw)
             .map_err(InitError::io(format!("join cgroup {path}")))?;
     }
@@ -231,7 +261,7 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
     chan.send(&Sync::Proceed)?;
 
     // Step 6 happens in C2.
-    chan.expect("Ready", |m| matches!(m, Sync::Ready))?;
+    chan.expect_msg("Ready", |m| matches!(m, Sync::Ready))?;
     Ok(raw)
 }
 
@@ -398,7 +428,7 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
             }
         }
         chan.send(&Sync::UsernsReady)?;
-        chan.expect("Proceed", |m| matches!(m, Sync::Proceed))?;
+        chan.expect_msg("Proceed", |m| matches!(m, Sync::Proceed))?;
         if plan.user_namespace != UserNamespace::Host {
             // Our host uid 0 is unmapped inside; root of the namespace owns what we create.
             setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cleanup;
 mod container;
 pub mod create;
+mod exec;
 pub mod proto;
 
 use std::path::{Path, PathBuf};

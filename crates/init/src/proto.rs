@@ -2,8 +2,8 @@
 //!
 //! The shim starts the helper as `<shim binary> __usernsrs_create` with these fds:
 //! - 0, 1, 2: the container's stdio;
-//! - [`CONTROL_FD`]: a socket; the shim writes the [`ContainerPlan`](usernsrs_runtime_core::ContainerPlan)
-//!   as JSON and shuts down its write side; the helper answers one [`HelperReply`] and exits;
+//! - [`CONTROL_FD`]: a socket; the shim writes a [`HelperRequest`] as JSON and shuts down its
+//!   write side; the helper answers one [`HelperReply`] line and exits;
 //! - [`START_FD`]: the read end of the start pipe; the container blocks on it until Start;
 //! - [`EXEC_STATUS_FD`]: the write end of the exec status pipe, close-on-exec in the container:
 //!   EOF without data means the exec succeeded, otherwise it carries the error.
@@ -15,6 +15,26 @@ pub const HELPER_ARG: &str = "__usernsrs_create";
 pub const CONTROL_FD: i32 = 3;
 pub const START_FD: i32 = 4;
 pub const EXEC_STATUS_FD: i32 = 5;
+
+/// What the helper is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HelperRequest {
+    /// Create a container (its init blocks until Start).
+    Create(Box<usernsrs_runtime_core::ContainerPlan>),
+    /// Create an extra process in a running container (it blocks until started).
+    Exec(Box<ExecPlan>),
+}
+
+/// An exec'd process: joins every namespace of the container's init and its cgroup.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecPlan {
+    pub container_id: String,
+    pub exec_id: String,
+    /// Host pid of the container's init, whose namespaces the process joins.
+    pub init_pid: i32,
+    pub process: oci_spec::runtime::Process,
+    pub cgroups_path: Option<String>,
+}
 
 /// The helper's answer to the shim.
 #[derive(Debug, Serialize, Deserialize)]

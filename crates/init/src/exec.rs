@@ -1,0 +1,146 @@
+//! An extra process in a running container (`ctr task exec`, `kubectl exec`), made by the
+//! helper.
+//!
+//! The process must be exactly as confined as the container's init: the same user namespace
+//! (its host uid is the mapped one, never host root; libcontainer's exec gets this wrong), every
+//! other namespace of the init, the container's cgroup, and the credentials of its own process
+//! spec. The steps:
+//! 1. helper: open every namespace of the init that differs from its own, before joining any
+//!    (once in the container's mount namespace, the host's /proc is gone);
+//! 2. helper: fork E1, which joins the user namespace first (full capabilities inside it are
+//!    what joining the others requires), then the others, then forks E2 into the pid namespace,
+//!    reports E2's host pid and exits;
+//! 3. helper: put E2 in the container's cgroup from the host side, tell it to go on;
+//! 4. E2: limits, groups, ids, capabilities, cwd ([`crate::container::become_process`]);
+//!    report ready, block until started, exec with stdio only.
+//!
+//! A failure kills and reaps what was forked; nothing else was changed.
+
+use crate::cgroup::{Cgroup, CGROUP_ROOT};
+use crate::container::{become_process, ready_then_exec};
+use crate::create::Channel;
+use crate::proto::{ExecPlan, Sync, CONTROL_FD};
+use crate::{error_chain, InitError};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Pid};
+use std::fs::{self, File};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// Namespaces in the order they are joined: user first, mount last (it hides the host's
+/// /proc, which the others do not need anyway since their fds are open already).
+const NAMESPACES: [(&str, CloneFlags); 7] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Step 1: fds of the init's namespaces that are not ours.
+fn namespaces_of(init: i32) -> Result<Vec<(CloneFlags, OwnedFd)>, InitError> {
+    let mut out = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let theirs = format!("/proc/{init}/ns/{name}");
+        let same = match (
+            fs::read_link(&theirs),
+            fs::read_link(format!("/proc/self/ns/{name}")),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(e), _) => {
+                return Err(InitError::Io {
+                    context: format!("the container's init (pid {init}) is gone: {theirs}"),
+                    err: e,
+                })
+            }
+            (_, Err(_)) => false,
+        };
+        if !same {
+            let fd = File::open(&theirs).map_err(InitError::io(format!("open {theirs}")))?;
+            out.push((flag, OwnedFd::from(fd)));
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the exec'd process, blocked until started; returns its host pid.
+pub(crate) fn exec(plan: &ExecPlan) -> Result<i32, InitError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(InitError::sys("set child subreaper"))?;
+    let namespaces = namespaces_of(plan.init_pid)?;
+    let (ours, theirs) = UnixStream::pair().map_err(InitError::io("socketpair"))?;
+    let mut chan = Channel::new(ours);
+    // SAFETY: the helper is single-threaded, so the child may run ordinary code after fork.
+    let e1 = match unsafe { fork() }.map_err(InitError::sys("fork"))? {
+        ForkResult::Child => {
+            drop(chan);
+            stage_one(plan, &namespaces, Channel::new(theirs))
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(theirs);
+    let mut e2 = None;
+    let result = (|| -> Result<i32, InitError> {
+        let Sync::Pid(raw) = chan.expect_msg("Pid", |m| matches!(m, Sync::Pid(_)))? else {
+            unreachable!("expect_msg checked the variant")
+        };
+        e2 = Some(Pid::from_raw(raw));
+        waitpid(e1, None).map_err(InitError::sys("wait for exec stage one"))?;
+        // Step 3.
+        if let Some(path) = &plan.cgroups_path {
+            Cgroup::new(Path::new(CGROUP_ROOT), path)
+                .and_then(|cg| cg.add(raw))
+                .map_err(InitError::io(format!("join cgroup {path}")))?;
+        }
+        chan.send(&Sync::Proceed)?;
+        chan.expect_msg("Ready", |m| matches!(m, Sync::Ready))?;
+        Ok(raw)
+    })();
+    if result.is_err() {
+        for pid in [e2, Some(e1)].into_iter().flatten() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+    result
+}
+
+/// E1 (step 2). Never returns.
+fn stage_one(plan: &ExecPlan, namespaces: &[(CloneFlags, OwnedFd)], mut chan: Channel) -> ! {
+    // SAFETY: CONTROL_FD is the shim's control socket, open in this forked copy and unused here.
+    unsafe { libc::close(CONTROL_FD) };
+    let result = (|chan: &mut Channel| -> Result<(), InitError> {
+        for (flag, fd) in namespaces {
+            setns(fd.as_fd(), *flag).map_err(InitError::sys(format!(
+                "join the container's {flag:?} namespace for exec {}",
+                plan.exec_id
+            )))?;
+        }
+        // SAFETY: E1 is single-threaded (forked from the single-threaded helper).
+        match unsafe { fork() }.map_err(InitError::sys("fork the exec'd process"))? {
+            ForkResult::Child => {
+                let mut own = chan.try_clone()?;
+                let prepared =
+                    own_expect_proceed(&mut own).and_then(|()| become_process(&plan.process));
+                ready_then_exec(own, prepared)
+            }
+            ForkResult::Parent { child } => chan.send(&Sync::Pid(child.as_raw())),
+        }
+    })(&mut chan);
+    if let Err(e) = result {
+        let _ = chan.send(&Sync::Error(error_chain(&e)));
+        // SAFETY: leaving the forked child without running destructors meant for the helper.
+        unsafe { libc::_exit(1) }
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
+}
+
+fn own_expect_proceed(chan: &mut Channel) -> Result<(), InitError> {
+    chan.expect_msg("Proceed", |m| matches!(m, Sync::Proceed))
+        .map(drop)
+}

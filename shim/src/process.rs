@@ -1,0 +1,364 @@
+//! One process of a container, its init or an exec'd one: created by the helper, released by
+//! Start, reaped, its exit published once its output reached containerd.
+//!
+//! Invariants:
+//! - the process is created by the helper (a fresh exec of this binary), never by forking
+//!   inside the tokio runtime;
+//! - its TaskExit is queued only after Start queued TaskStart/TaskExecStarted (the `lifecycle`
+//!   lock orders them), after its output was drained, and after the caller's gate (the init
+//!   waits for its exec'd processes).
+
+use crate::errors::{Result, ShimError};
+use crate::events::EventQueue;
+use crate::reaper::Reaper;
+use crate::stdio::{ProcessIo, StdioPaths};
+use containerd_shim::protos::events::task::{TaskExecStarted, TaskExit, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::topics::{
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::fs::File;
+use std::future::Future;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
+use usernsrs_init::proto::{
+    HelperReply, HelperRequest, CONTROL_FD, EXEC_STATUS_FD, HELPER_ARG, START_FD,
+};
+
+/// How long the exit of a process waits for its output to be copied.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+struct State {
+    status: Status,
+    start_pipe: Option<OwnedFd>,
+    exec_status: Option<OwnedFd>,
+}
+
+pub struct Process {
+    pub container_id: String,
+    /// The exec id, or empty for the init.
+    pub exec_id: String,
+    pub pid: i32,
+    pub stdio: StdioPaths,
+    state: Mutex<State>,
+    exit: watch::Receiver<Option<Exit>>,
+    exit_tx: Mutex<Option<watch::Sender<Option<Exit>>>>,
+    io: tokio::sync::Mutex<ProcessIo>,
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+/// Runs the helper on `request` in `cwd` with the given stdio; returns the new process's pid
+/// and the shim's ends of the start and exec status pipes.
+async fn run_helper(
+    request: &HelperRequest,
+    what: &str,
+    cwd: &Path,
+    stdio: [OwnedFd; 3],
+) -> Result<(i32, OwnedFd, OwnedFd)> {
+    let exe = std::env::current_exe().map_err(ShimError::internal("locate the shim binary"))?;
+    let (control, helper_control) =
+        std::os::unix::net::UnixStream::pair().map_err(ShimError::internal("socketpair"))?;
+    let (start_r, start_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ShimError::internal("pipe"))?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ShimError::internal("pipe"))?;
+    let [stdin, stdout, stderr] = stdio;
+
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(HELPER_ARG)
+        .current_dir(cwd)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
+    let passed = [
+        (OwnedFd::from(helper_control), CONTROL_FD),
+        (start_r, START_FD),
+        (status_w, EXEC_STATUS_FD),
+    ];
+    let raw: Vec<(i32, i32)> = passed
+        .iter()
+        .map(|(fd, to)| (fd.as_raw_fd(), *to))
+        .collect();
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup2,
+    // which are async-signal-safe; it touches no memory but the copied `raw` vector.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move every source above the targets so that no dup2 clobbers a source.
+            let mut high = [(0i32, 0i32); 3];
+            for (i, (src, to)) in raw.iter().enumerate() {
+                let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 10);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high[i] = (fd, *to);
+            }
+            for (fd, to) in high {
+                if libc::dup2(fd, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(ShimError::internal("start the helper"))?;
+    drop(cmd);
+    drop(passed);
+    log::debug!("helper pid {} for {what}", child.id());
+
+    control
+        .set_nonblocking(true)
+        .map_err(ShimError::internal("control socket"))?;
+    let mut control =
+        tokio::net::UnixStream::from_std(control).map_err(ShimError::internal("control socket"))?;
+    let json = serde_json::to_vec(request).map_err(ShimError::internal("encode helper request"))?;
+    control
+        .write_all(&json)
+        .await
+        .map_err(ShimError::internal("send request to helper"))?;
+    control
+        .shutdown()
+        .await
+        .map_err(ShimError::internal("send request to helper"))?;
+    let mut reply = Vec::new();
+    let mut reader = tokio::io::BufReader::new(control);
+    reader
+        .read_until(b'\n', &mut reply)
+        .await
+        .map_err(ShimError::internal("read helper reply"))?;
+    match serde_json::from_slice::<HelperReply>(&reply) {
+        Ok(HelperReply::Created { pid }) => Ok((pid, start_w, status_r)),
+        Ok(HelperReply::Failed { error }) => {
+            Err(ShimError::FailedPrecondition(format!("{what}: {error}")))
+        }
+        Err(_) => Err(ShimError::Internal {
+            context: format!("{what}: the helper exited without an answer"),
+            err: anyhow::anyhow!("reply {:?}", String::from_utf8_lossy(&reply)),
+        }),
+    }
+}
+
+impl Process {
+    /// Creates the process (blocked until [`Process::start`]) and returns it with the receiver
+    /// of its exit code, which [`Process::publish_exit`] consumes.
+    pub async fn create(
+        request: &HelperRequest,
+        container_id: &str,
+        exec_id: &str,
+        cwd: &Path,
+        stdio: StdioPaths,
+        io_owner: Option<(u32, u32)>,
+        reaper: &Reaper,
+    ) -> Result<(Arc<Process>, oneshot::Receiver<i32>)> {
+        let what = if exec_id.is_empty() {
+            format!("create {container_id}")
+        } else {
+            format!("exec {exec_id} in {container_id}")
+        };
+        let (io, child_fds) = ProcessIo::open(&stdio, io_owner)
+            .map_err(ShimError::internal(format!("open stdio of {what}")))?;
+        let since = reaper.mark();
+        let (pid, start_w, status_r) = run_helper(request, &what, cwd, child_fds).await?;
+        let exit_rx = reaper.watch(pid, since);
+        let (exit_tx, exit) = watch::channel(None);
+        let process = Arc::new(Process {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            pid,
+            stdio,
+            state: Mutex::new(State {
+                status: Status::Created,
+                start_pipe: Some(start_w),
+                exec_status: Some(status_r),
+            }),
+            exit,
+            exit_tx: Mutex::new(Some(exit_tx)),
+            io: tokio::sync::Mutex::new(io),
+            lifecycle: tokio::sync::Mutex::new(()),
+        });
+        Ok((process, exit_rx))
+    }
+
+    /// The exit path: reaped → output drained → `gate` → after Start's event → TaskExit.
+    pub fn publish_exit(
+        self: &Arc<Self>,
+        exit_rx: oneshot::Receiver<i32>,
+        events: EventQueue,
+        gate: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let p = self.clone();
+        tokio::spawn(async move {
+            let code = exit_rx.await.unwrap_or(255);
+            p.io.lock().await.drain(DRAIN_LIMIT).await;
+            gate.await;
+            let _order = p.lifecycle.lock().await;
+            let at = SystemTime::now();
+            {
+                let mut st = p.lock_state();
+                st.status = Status::Stopped;
+                st.start_pipe = None;
+            }
+            let id = if p.exec_id.is_empty() {
+                &p.container_id
+            } else {
+                &p.exec_id
+            };
+            events.send(
+                TASK_EXIT_EVENT_TOPIC,
+                TaskExit {
+                    container_id: p.container_id.clone(),
+                    id: id.clone(),
+                    pid: p.pid as u32,
+                    exit_status: code as u32,
+                    exited_at: Some(timestamp(at)).into(),
+                    ..Default::default()
+                },
+            );
+            let tx = p.exit_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(tx) = tx {
+                let _ = tx.send(Some(Exit {
+                    code: code as u32,
+                    at,
+                }));
+            }
+        });
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock_state().status
+    }
+
+    pub fn exit(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    /// Releases the process and waits for its exec to succeed or fail; queues TaskStart (init)
+    /// or TaskExecStarted.
+    pub async fn start(&self, events: &EventQueue) -> Result<()> {
+        let _order = self.lifecycle.lock().await;
+        let (start, status) = {
+            let mut st = self.lock_state();
+            if st.status != Status::Created {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "process {} of {} is {:?}, not created",
+                    self.pid, self.container_id, st.status
+                )));
+            }
+            (st.start_pipe.take(), st.exec_status.take())
+        };
+        let (Some(start), Some(status)) = (start, status) else {
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {} of {} was already started",
+                self.pid, self.container_id
+            )));
+        };
+        let outcome = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            nix::unistd::write(&start, b"s")?;
+            drop(start);
+            let mut msg = String::new();
+            File::from(status).read_to_string(&mut msg)?;
+            Ok(msg)
+        })
+        .await
+        .map_err(ShimError::internal("start task"))?
+        .map_err(ShimError::internal(format!("start {}", self.container_id)))?;
+        if !outcome.is_empty() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "start {}: {outcome}",
+                self.container_id
+            )));
+        }
+        self.lock_state().status = Status::Running;
+        if self.exec_id.is_empty() {
+            events.send(
+                TASK_START_EVENT_TOPIC,
+                TaskStart {
+                    container_id: self.container_id.clone(),
+                    pid: self.pid as u32,
+                    ..Default::default()
+                },
+            );
+        } else {
+            events.send(
+                TASK_EXEC_STARTED_EVENT_TOPIC,
+                TaskExecStarted {
+                    container_id: self.container_id.clone(),
+                    exec_id: self.exec_id.clone(),
+                    pid: self.pid as u32,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        if self.exit().is_some() {
+            return Err(ShimError::NotFound(format!(
+                "process {} of {} already finished",
+                self.pid, self.container_id
+            )));
+        }
+        match kill(Pid::from_raw(self.pid), signal) {
+            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+            Err(e) => Err(ShimError::internal(format!(
+                "kill {} with {signal}",
+                self.pid
+            ))(e)),
+        }
+    }
+
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(exit) = *rx.borrow_and_update() {
+                return exit;
+            }
+            if rx.changed().await.is_err() {
+                return Exit {
+                    code: 255,
+                    at: SystemTime::now(),
+                };
+            }
+        }
+    }
+
+    pub async fn close_stdin(&self) {
+        self.io.lock().await.close_stdin();
+    }
+}
