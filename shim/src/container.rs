@@ -9,7 +9,7 @@
 
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
-use crate::process::{timestamp, Exit, Process, Status};
+use crate::process::{timestamp, Exit, Launch, Process, Status};
 use crate::reaper::Reaper;
 use crate::stdio::StdioPaths;
 use containerd_shim::protos::events::task::{TaskDelete, TaskExecAdded, TaskPaused, TaskResumed};
@@ -93,8 +93,14 @@ impl Container {
             .as_ref()
             .and_then(|p| host_ids(mapping.as_ref(), p.user()));
         let request = HelperRequest::Create(Box::new(plan));
-        let (init, exit_rx) =
-            Process::create(&request, &id, "", &bundle, stdio, io_owner, reaper).await?;
+        let launch = Launch {
+            namespace: events.namespace(),
+            container_id: &id,
+            exec_id: "",
+            cwd: &bundle,
+            io_owner,
+        };
+        let (init, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
 
         let cgroup = match &cgroups_path {
             Some(p) => Some(
@@ -304,9 +310,14 @@ impl Container {
             HelperRequest::Exec(plan) => host_ids(self.mapping.as_ref(), plan.process.user()),
             HelperRequest::Create(_) => None,
         };
-        let (process, exit_rx) =
-            Process::create(&request, &self.id, exec_id, &self.bundle, stdio, io_owner, reaper)
-                .await?;
+        let launch = Launch {
+            namespace: events.namespace(),
+            container_id: &self.id,
+            exec_id,
+            cwd: &self.bundle,
+            io_owner,
+        };
+        let (process, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
         process.publish_exit(exit_rx, events.clone(), async {});
         if let Some(e) = lock(&self.execs).get_mut(exec_id) {
             e.process = Some(process.clone());

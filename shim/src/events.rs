@@ -25,6 +25,7 @@ enum Item {
 #[derive(Clone)]
 pub struct EventQueue {
     tx: mpsc::UnboundedSender<Item>,
+    namespace: std::sync::Arc<str>,
 }
 
 fn connect(address: &str) -> anyhow::Result<EventsClient> {
@@ -40,6 +41,7 @@ impl EventQueue {
     /// after a failure.
     pub fn new(address: String, namespace: String) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Item>();
+        let shared: std::sync::Arc<str> = namespace.as_str().into();
         tokio::spawn(async move {
             let mut client: Option<EventsClient> = None;
             while let Some(item) = rx.recv().await {
@@ -93,7 +95,15 @@ impl EventQueue {
                 }
             }
         });
-        Self { tx }
+        Self {
+            tx,
+            namespace: shared,
+        }
+    }
+
+    /// The containerd namespace the events go to (and the containers live in).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     pub fn send(&self, topic: &'static str, event: impl MessageDyn) {

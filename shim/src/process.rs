@@ -11,7 +11,7 @@
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
 use crate::reaper::Reaper;
-use crate::stdio::{ProcessIo, StdioPaths};
+use crate::stdio::{LogContext, ProcessIo, StdioPaths};
 use containerd_shim::protos::events::task::{TaskExecStarted, TaskExit, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics::{
@@ -169,24 +169,44 @@ async fn run_helper(
     }
 }
 
+/// Who a new process is and where its helper runs.
+pub struct Launch<'a> {
+    pub namespace: &'a str,
+    pub container_id: &'a str,
+    /// Empty for the init.
+    pub exec_id: &'a str,
+    /// The helper's working directory (the bundle).
+    pub cwd: &'a Path,
+    /// Host ids that own the stdio pipes.
+    pub io_owner: Option<(u32, u32)>,
+}
+
 impl Process {
     /// Creates the process (blocked until [`Process::start`]) and returns it with the receiver
     /// of its exit code, which [`Process::publish_exit`] consumes.
     pub async fn create(
         request: &HelperRequest,
-        container_id: &str,
-        exec_id: &str,
-        cwd: &Path,
+        launch: Launch<'_>,
         stdio: StdioPaths,
-        io_owner: Option<(u32, u32)>,
         reaper: &Reaper,
     ) -> Result<(Arc<Process>, oneshot::Receiver<i32>)> {
+        let Launch {
+            namespace,
+            container_id,
+            exec_id,
+            cwd,
+            io_owner,
+        } = launch;
         let what = if exec_id.is_empty() {
             format!("create {container_id}")
         } else {
             format!("exec {exec_id} in {container_id}")
         };
-        let (io, child_fds) = ProcessIo::open(&stdio, io_owner)
+        let ctx = LogContext {
+            container_id,
+            namespace,
+        };
+        let (io, child_fds) = ProcessIo::open(&stdio, io_owner, &ctx)
             .map_err(ShimError::internal(format!("open stdio of {what}")))?;
         let since = reaper.mark();
         let (pid, start_w, status_r) = run_helper(request, &what, cwd, child_fds).await?;
