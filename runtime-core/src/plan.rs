@@ -203,12 +203,6 @@ fn check_unsupported(spec: &Spec) -> Result<(), PlanError> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(PlanError::Missing("process.args"));
     }
-    if process.terminal() == Some(true) {
-        return Err(PlanError::Unsupported {
-            field: "process.terminal",
-            reason: "terminals (ctr -t) are not implemented yet; run without a tty".into(),
-        });
-    }
     if let Some(p) = process
         .apparmor_profile()
         .as_ref()
@@ -458,20 +452,6 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("process.user.additionalGids 65536"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn refuses_terminal_and_seccomp_clearly() {
-        let mut s = spec(USERNS, ROOT);
-        if let Some(p) = s.process_mut().as_mut() {
-            p.set_terminal(Some(true));
-        }
-        let err = plan(s).expect_err("tty");
-        assert!(
-            err.to_string()
-                .starts_with("process.terminal is not supported"),
             "{err}"
         );
     }

@@ -87,6 +87,7 @@ impl Container {
             .iter()
             .any(|n| n.kind == usernsrs_runtime_core::NamespaceKind::Pid && n.path.is_none());
         let rootfs_mounted = !matches!(plan.rootfs.source, RootfsSource::Directory { .. });
+        let terminal = plan.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
         let io_owner = plan
             .spec
             .process()
@@ -99,6 +100,7 @@ impl Container {
             exec_id: "",
             cwd: &bundle,
             io_owner,
+            terminal,
         };
         let (init, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
 
@@ -222,11 +224,6 @@ impl Container {
                 self.id
             )));
         }
-        if spec.terminal() == Some(true) {
-            return Err(ShimError::Unimplemented(
-                "a terminal for exec (ctr exec -t)",
-            ));
-        }
         if spec.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(ShimError::InvalidArgument(format!(
                 "exec {exec_id}: process.args is empty"
@@ -306,9 +303,12 @@ impl Container {
             process: spec,
             cgroups_path: self.cgroups_path.clone(),
         }));
-        let io_owner = match &request {
-            HelperRequest::Exec(plan) => host_ids(self.mapping.as_ref(), plan.process.user()),
-            HelperRequest::Create(_) => None,
+        let (io_owner, terminal) = match &request {
+            HelperRequest::Exec(plan) => (
+                host_ids(self.mapping.as_ref(), plan.process.user()),
+                plan.process.terminal() == Some(true),
+            ),
+            HelperRequest::Create(_) => (None, false),
         };
         let launch = Launch {
             namespace: events.namespace(),
@@ -316,6 +316,7 @@ impl Container {
             exec_id,
             cwd: &self.bundle,
             io_owner,
+            terminal,
         };
         let (process, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
         process.publish_exit(exit_rx, events.clone(), async {});

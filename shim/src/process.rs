@@ -27,7 +27,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
 use usernsrs_init::proto::{
     HelperReply, HelperRequest, CONTROL_FD, EXEC_STATUS_FD, HELPER_ARG, START_FD,
@@ -70,6 +70,8 @@ pub struct Process {
     pub exec_id: String,
     pub pid: i32,
     pub stdio: StdioPaths,
+    /// The master of its pty, for ResizePty.
+    console: Option<OwnedFd>,
     state: Mutex<State>,
     exit: watch::Receiver<Option<Exit>>,
     exit_tx: Mutex<Option<watch::Sender<Option<Exit>>>>,
@@ -84,7 +86,7 @@ async fn run_helper(
     what: &str,
     cwd: &Path,
     stdio: [OwnedFd; 3],
-) -> Result<(i32, OwnedFd, OwnedFd)> {
+) -> Result<Created> {
     let exe = std::env::current_exe().map_err(ShimError::internal("locate the shim binary"))?;
     let (control, helper_control) =
         std::os::unix::net::UnixStream::pair().map_err(ShimError::internal("socketpair"))?;
@@ -151,14 +153,50 @@ async fn run_helper(
         .shutdown()
         .await
         .map_err(ShimError::internal("send request to helper"))?;
-    let mut reply = Vec::new();
-    let mut reader = tokio::io::BufReader::new(control);
-    reader
-        .read_until(b'\n', &mut reply)
+    // The reply is one line; a pty master may come attached to it (SCM_RIGHTS), so it is read
+    // with recvmsg, on a blocking thread.
+    let control = control
+        .into_std()
+        .map_err(ShimError::internal("control socket"))?;
+    control
+        .set_nonblocking(false)
+        .map_err(ShimError::internal("control socket"))?;
+    let (reply, console) =
+        tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+            let mut reply = Vec::new();
+            let mut console = None;
+            let mut buf = [0u8; 4096];
+            while !reply.ends_with(b"\n") {
+                let (n, fd) = usernsrs_init::recv_with_fd(&control, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                console = console.or(fd);
+                reply.extend_from_slice(&buf[..n]);
+            }
+            Ok((reply, console))
+        })
         .await
+        .map_err(ShimError::internal("read helper reply"))?
         .map_err(ShimError::internal("read helper reply"))?;
     match serde_json::from_slice::<HelperReply>(&reply) {
-        Ok(HelperReply::Created { pid }) => Ok((pid, start_w, status_r)),
+        Ok(HelperReply::Created {
+            pid,
+            console: wants,
+        }) => {
+            if wants && console.is_none() {
+                return Err(ShimError::Internal {
+                    context: format!("{what}: the helper announced a console but sent none"),
+                    err: anyhow::anyhow!("no SCM_RIGHTS"),
+                });
+            }
+            Ok(Created {
+                pid,
+                start: start_w,
+                exec_status: status_r,
+                console,
+            })
+        }
         Ok(HelperReply::Failed { error }) => {
             Err(ShimError::FailedPrecondition(format!("{what}: {error}")))
         }
@@ -167,6 +205,15 @@ async fn run_helper(
             err: anyhow::anyhow!("reply {:?}", String::from_utf8_lossy(&reply)),
         }),
     }
+}
+
+/// What the helper hands back: the new process and the shim's ends of its pipes.
+struct Created {
+    pid: i32,
+    start: OwnedFd,
+    exec_status: OwnedFd,
+    /// The master of its pty, with `process.terminal`.
+    console: Option<OwnedFd>,
 }
 
 /// Who a new process is and where its helper runs.
@@ -179,6 +226,8 @@ pub struct Launch<'a> {
     pub cwd: &'a Path,
     /// Host ids that own the stdio pipes.
     pub io_owner: Option<(u32, u32)>,
+    /// The process gets a pty (`process.terminal`).
+    pub terminal: bool,
 }
 
 impl Process {
@@ -196,6 +245,7 @@ impl Process {
             exec_id,
             cwd,
             io_owner,
+            terminal,
         } = launch;
         let what = if exec_id.is_empty() {
             format!("create {container_id}")
@@ -206,10 +256,30 @@ impl Process {
             container_id,
             namespace,
         };
-        let (io, child_fds) = ProcessIo::open(&stdio, io_owner, &ctx)
-            .map_err(ShimError::internal(format!("open stdio of {what}")))?;
+        let (mut io, child_fds) = if terminal {
+            ProcessIo::for_terminal()
+        } else {
+            ProcessIo::open(&stdio, io_owner, &ctx)
+        }
+        .map_err(ShimError::internal(format!("open stdio of {what}")))?;
         let since = reaper.mark();
-        let (pid, start_w, status_r) = run_helper(request, &what, cwd, child_fds).await?;
+        let Created {
+            pid,
+            start: start_w,
+            exec_status: status_r,
+            console,
+        } = run_helper(request, &what, cwd, child_fds).await?;
+        let console = match console {
+            Some(master) => {
+                let copy = master
+                    .try_clone()
+                    .map_err(ShimError::internal("dup pty master"))?;
+                io.attach_console(copy, &stdio)
+                    .map_err(ShimError::internal(format!("copy the terminal of {what}")))?;
+                Some(master)
+            }
+            None => None,
+        };
         let exit_rx = reaper.watch(pid, since);
         let (exit_tx, exit) = watch::channel(None);
         let process = Arc::new(Process {
@@ -222,6 +292,7 @@ impl Process {
                 start_pipe: Some(start_w),
                 exec_status: Some(status_r),
             }),
+            console,
             exit,
             exit_tx: Mutex::new(Some(exit_tx)),
             io: tokio::sync::Mutex::new(io),
@@ -376,6 +447,34 @@ impl Process {
                 };
             }
         }
+    }
+
+    pub fn terminal(&self) -> bool {
+        self.console.is_some()
+    }
+
+    /// ResizePty: the pty's window size.
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let Some(master) = &self.console else {
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {} of {} has no terminal",
+                self.pid, self.container_id
+            )));
+        };
+        let ws = libc::winsize {
+            ws_row: height as u16,
+            ws_col: width as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a `winsize` from the pointer, valid for the call; `master`
+        // is an open pty master.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(ShimError::internal("resize the terminal")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     pub async fn close_stdin(&self) {

@@ -80,9 +80,6 @@ impl Service {
                 "invalid container id {id:?}"
             )));
         }
-        if req.terminal {
-            return Err(ShimError::Unimplemented("a terminal (ctr -t)"));
-        }
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("checkpoint restore"));
         }
@@ -287,12 +284,13 @@ impl Task for Service {
                 req.exec_id.clone()
             },
             bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: process.map_or(0, |p| p.pid as u32),
+            pid: process.as_ref().map_or(0, |p| p.pid as u32),
             status: status.into(),
             stdin: stdio.stdin,
             stdout: stdio.stdout,
             stderr: stdio.stderr,
             exec_id: req.exec_id.clone(),
+            terminal: process.as_ref().is_some_and(|p| p.terminal()),
             exit_status: exit.map_or(0, |e| e.code),
             exited_at: exit.map(|e| timestamp(e.at)).into(),
             ..Default::default()
@@ -388,8 +386,11 @@ impl Task for Service {
         Ok(Empty::new())
     }
 
-    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> RpcResult<Empty> {
-        Err(ShimError::Unimplemented("ResizePty").into())
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> RpcResult<Empty> {
+        self.get(&req.id)?
+            .process(&req.exec_id)?
+            .resize(req.width, req.height)?;
+        Ok(Empty::new())
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> RpcResult<Empty> {

@@ -280,6 +280,69 @@ impl ProcessIo {
         Ok(w)
     }
 
+    /// For a process with a pty: the helper gets /dev/null, the container makes the pty.
+    pub fn for_terminal() -> io::Result<(ProcessIo, [OwnedFd; 3])> {
+        Ok((
+            ProcessIo::default(),
+            [dev_null()?, dev_null()?, dev_null()?],
+        ))
+    }
+
+    /// Copies between the pty's master and the fifos: stdin into it, its output to stdout.
+    /// Blocking copies on blocking threads: a pty master signals the end with EIO, which the
+    /// loops treat as EOF.
+    pub fn attach_console(&mut self, master: OwnedFd, paths: &StdioPaths) -> io::Result<()> {
+        let reader = std::fs::File::from(master);
+        if !paths.stdin.is_empty() {
+            let mut writer = reader.try_clone()?;
+            let fifo = PathBuf::from(&paths.stdin);
+            let (tx, rx) = oneshot::channel();
+            self.close_stdin = Some(tx);
+            self.stdin_fifo = Some(fifo.clone());
+            tokio::task::spawn_blocking(move || {
+                let Ok(mut input) = std::fs::File::open(&fifo) else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let mut closed = rx;
+                loop {
+                    if closed.try_recv().is_ok() {
+                        return;
+                    }
+                    match std::io::Read::read(&mut input, &mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if std::io::Write::write_all(&mut writer, &buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        if !paths.stdout.is_empty() {
+            let mut out = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&paths.stdout)?;
+            let mut reader = reader;
+            self.outputs.push(tokio::task::spawn_blocking(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match std::io::Read::read(&mut reader, &mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if std::io::Write::write_all(&mut out, &buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(())
+    }
+
     /// CloseIO: the process sees EOF on stdin.
     pub fn close_stdin(&mut self) {
         if let Some(tx) = self.close_stdin.take() {

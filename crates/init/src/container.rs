@@ -41,7 +41,7 @@ pub(crate) type ExecArgs = (CString, Vec<CString>, Vec<CString>);
 pub(crate) fn run(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
     let prepared = (|| -> Result<ExecArgs, InitError> {
         chan.expect_proceed()?;
-        setup(plan, volumes)
+        setup(plan, volumes, &mut chan)
     })();
     ready_then_exec(chan, prepared)
 }
@@ -154,7 +154,8 @@ fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> InitError 
 fn setup(
     plan: &ContainerPlan,
     volumes: &Volumes,
-) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+    chan: &mut Channel,
+) -> Result<ExecArgs, InitError> {
     let spec = &plan.spec;
     let linux = spec
         .linux()
@@ -249,7 +250,64 @@ fn setup(
         fs::write(&path, value).map_err(InitError::io(format!("sysctl {key}={value}")))?;
     }
     let process = spec.process().as_ref().ok_or(fail("spec has no process"))?;
+    open_console(process, chan)?;
     become_process(process)
+}
+
+/// With `process.terminal`: a pty from the container's own devpts, its slave as the process's
+/// controlling terminal and stdio, owned by the process's user; the master goes to the shim.
+pub(crate) fn open_console(process: &Process, chan: &mut Channel) -> Result<(), InitError> {
+    use nix::fcntl::{open, OFlag};
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::os::fd::AsRawFd;
+    if process.terminal() != Some(true) {
+        return Ok(());
+    }
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(
+        InitError::sys("open /dev/ptmx in the container (is /dev/pts mounted?)"),
+    )?;
+    grantpt(&master).map_err(InitError::sys("grantpt"))?;
+    unlockpt(&master).map_err(InitError::sys("unlockpt"))?;
+    let name = ptsname_r(&master).map_err(InitError::sys("ptsname"))?;
+    let slave = open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(InitError::sys(format!("open {name}")))?;
+    let user = process.user();
+    nix::unistd::fchown(&slave, Some(Uid::from_raw(user.uid())), None)
+        .map_err(InitError::sys(format!("give {name} to uid {}", user.uid())))?;
+    if let Some(size) = process.console_size() {
+        let ws = libc::winsize {
+            ws_row: size.height() as u16,
+            ws_col: size.width() as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a `winsize` from the pointer, valid for the call.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    nix::unistd::setsid().map_err(InitError::sys("setsid"))?;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); `slave` is an open pty.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(InitError::Io {
+            context: format!("make {name} the controlling terminal"),
+            err: std::io::Error::last_os_error(),
+        });
+    }
+    for target in 0..3 {
+        // SAFETY: replacing this process's stdio, which nothing else here holds a handle to.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(InitError::Io {
+                context: "dup2 the pty onto stdio".into(),
+                err: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    chan.send(&Sync::Console)?;
+    chan.send_fd(master.as_raw_fd())?;
+    Ok(())
 }
 
 /// Steps 6 (rlimits) and 7, shared with exec'd processes: the process's limits, groups, ids,

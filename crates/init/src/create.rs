@@ -91,6 +91,18 @@ impl Channel {
         ))
     }
 
+    /// Sends `fd` along with one byte (SCM_RIGHTS).
+    pub(crate) fn send_fd(&self, fd: std::os::fd::RawFd) -> Result<(), InitError> {
+        crate::send_fd(&self.0, b"F", fd).map_err(InitError::io("send a file descriptor"))
+    }
+
+    /// Receives an fd sent with [`Channel::send_fd`].
+    pub(crate) fn recv_fd(&self) -> Result<OwnedFd, InitError> {
+        let (_, fd) = crate::recv_with_fd(&self.0, &mut [0u8; 1])
+            .map_err(InitError::io("receive a file descriptor"))?;
+        fd.ok_or_else(|| InitError::Protocol("expected a file descriptor".into()))
+    }
+
     pub(crate) fn expect_msg(
         &mut self,
         what: &str,
@@ -110,14 +122,23 @@ pub fn helper_main() -> ! {
     // SAFETY: the shim hands the helper its control socket as fd CONTROL_FD (see `proto`), and
     // nothing else in this process owns that fd.
     let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let reply = match read_request(&mut control).and_then(|req| match req {
+    let (reply, console) = match read_request(&mut control).and_then(|req| match req {
         HelperRequest::Create(plan) => create(&plan),
         HelperRequest::Exec(plan) => crate::exec::exec(&plan),
     }) {
-        Ok(pid) => HelperReply::Created { pid },
-        Err(e) => HelperReply::Failed {
-            error: error_chain(&e),
-        },
+        Ok((pid, console)) => (
+            HelperReply::Created {
+                pid,
+                console: console.is_some(),
+            },
+            console,
+        ),
+        Err(e) => (
+            HelperReply::Failed {
+                error: error_chain(&e),
+            },
+            None,
+        ),
     };
     // One line: the container process keeps a copy of nothing here (C1 closes the control fd),
     // but the shim reads up to the newline rather than relying on EOF.
@@ -125,8 +146,12 @@ pub fn helper_main() -> ! {
         bytes.push(b'\n');
         bytes
     });
+    let sent = |bytes: &[u8]| match &console {
+        Some(fd) => crate::send_fd(&control, bytes, std::os::fd::AsRawFd::as_raw_fd(fd)).is_ok(),
+        None => (&control).write_all(bytes).is_ok(),
+    };
     let code = match line {
-        Ok(bytes) if control.write_all(&bytes).is_ok() => 0,
+        Ok(bytes) if sent(&bytes) => 0,
         _ => 1,
     };
     std::process::exit(code)
@@ -168,7 +193,24 @@ impl Undo {
     }
 }
 
-fn create(plan: &ContainerPlan) -> Result<i32, InitError> {
+/// Waits for the container (or exec'd) process to be ready; takes the master of its pty if it
+/// sends one first.
+pub(crate) fn await_ready(chan: &mut Channel) -> Result<Option<OwnedFd>, InitError> {
+    let mut console = None;
+    loop {
+        match chan.recv()? {
+            Sync::Ready => return Ok(console),
+            Sync::Console => console = Some(chan.recv_fd()?),
+            other => {
+                return Err(InitError::Protocol(format!(
+                    "expected Ready, got {other:?}"
+                )))
+            }
+        }
+    }
+}
+
+fn create(plan: &ContainerPlan) -> Result<(i32, Option<OwnedFd>), InitError> {
     let mut undo = Undo::default();
     match create_steps(plan, &mut undo) {
         Ok(pid) => Ok(pid),
@@ -179,7 +221,10 @@ fn create(plan: &ContainerPlan) -> Result<i32, InitError> {
     }
 }
 
-fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError> {
+fn create_steps(
+    plan: &ContainerPlan,
+    undo: &mut Undo,
+) -> Result<(i32, Option<OwnedFd>), InitError> {
     // Step 1: C2 must stay reapable by us until we hand it over.
     nix::sys::prctl::set_child_subreaper(true).map_err(InitError::sys("set child subreaper"))?;
     // Step 0: id-mapped volume sources, opened and idmapped here with host privileges, before
@@ -261,8 +306,8 @@ fn create_steps(plan: &ContainerPlan, undo: &mut Undo) -> Result<i32, InitError>
     chan.send(&Sync::Proceed)?;
 
     // Step 6 happens in C2.
-    chan.expect_msg("Ready", |m| matches!(m, Sync::Ready))?;
-    Ok(raw)
+    let console = await_ready(&mut chan)?;
+    Ok((raw, console))
 }
 
 /// The container reaches its rootfs through the bundle directory, which containerd makes

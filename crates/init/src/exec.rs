@@ -17,7 +17,7 @@
 //! A failure kills and reaps what was forked; nothing else was changed.
 
 use crate::cgroup::{Cgroup, CGROUP_ROOT};
-use crate::container::{become_process, ready_then_exec};
+use crate::container::{become_process, open_console, ready_then_exec};
 use crate::create::Channel;
 use crate::proto::{ExecPlan, Sync, CONTROL_FD};
 use crate::{error_chain, InitError};
@@ -69,7 +69,7 @@ fn namespaces_of(init: i32) -> Result<Vec<(CloneFlags, OwnedFd)>, InitError> {
 }
 
 /// Creates the exec'd process, blocked until started; returns its host pid.
-pub(crate) fn exec(plan: &ExecPlan) -> Result<i32, InitError> {
+pub(crate) fn exec(plan: &ExecPlan) -> Result<(i32, Option<OwnedFd>), InitError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(InitError::sys("set child subreaper"))?;
     let namespaces = namespaces_of(plan.init_pid)?;
     let (ours, theirs) = UnixStream::pair().map_err(InitError::io("socketpair"))?;
@@ -84,7 +84,7 @@ pub(crate) fn exec(plan: &ExecPlan) -> Result<i32, InitError> {
     };
     drop(theirs);
     let mut e2 = None;
-    let result = (|| -> Result<i32, InitError> {
+    let result = (|| -> Result<(i32, Option<OwnedFd>), InitError> {
         let Sync::Pid(raw) = chan.expect_msg("Pid", |m| matches!(m, Sync::Pid(_)))? else {
             unreachable!("expect_msg checked the variant")
         };
@@ -97,8 +97,8 @@ pub(crate) fn exec(plan: &ExecPlan) -> Result<i32, InitError> {
                 .map_err(InitError::io(format!("join cgroup {path}")))?;
         }
         chan.send(&Sync::Proceed)?;
-        chan.expect_msg("Ready", |m| matches!(m, Sync::Ready))?;
-        Ok(raw)
+        let console = crate::create::await_ready(&mut chan)?;
+        Ok((raw, console))
     })();
     if result.is_err() {
         for pid in [e2, Some(e1)].into_iter().flatten() {
@@ -120,12 +120,28 @@ fn stage_one(plan: &ExecPlan, namespaces: &[(CloneFlags, OwnedFd)], mut chan: Ch
                 plan.exec_id
             )))?;
         }
+        if namespaces
+            .iter()
+            .any(|(flag, _)| *flag == CloneFlags::CLONE_NEWUSER)
+        {
+            // Host uid 0 is unmapped inside: become the namespace's root, as the container's
+            // init did, so that what the process creates (its pty) is owned by a mapped id.
+            let root_gid = nix::unistd::Gid::from_raw(0);
+            let root_uid = nix::unistd::Uid::from_raw(0);
+            nix::unistd::setresgid(root_gid, root_gid, root_gid).map_err(InitError::sys(
+                "become gid 0 in the container's user namespace",
+            ))?;
+            nix::unistd::setresuid(root_uid, root_uid, root_uid).map_err(InitError::sys(
+                "become uid 0 in the container's user namespace",
+            ))?;
+        }
         // SAFETY: E1 is single-threaded (forked from the single-threaded helper).
         match unsafe { fork() }.map_err(InitError::sys("fork the exec'd process"))? {
             ForkResult::Child => {
                 let mut own = chan.try_clone()?;
-                let prepared =
-                    own_expect_proceed(&mut own).and_then(|()| become_process(&plan.process));
+                let prepared = own_expect_proceed(&mut own)
+                    .and_then(|()| open_console(&plan.process, &mut own))
+                    .and_then(|()| become_process(&plan.process));
                 ready_then_exec(own, prepared)
             }
             ForkResult::Parent { child } => chan.send(&Sync::Pid(child.as_raw())),

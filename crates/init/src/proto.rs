@@ -39,8 +39,9 @@ pub struct ExecPlan {
 /// The helper's answer to the shim.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum HelperReply {
-    /// The container's init runs (blocked until Start) as host pid `pid`.
-    Created { pid: i32 },
+    /// The process runs (blocked until Start) as host pid `pid`. With `console`, the master of
+    /// its pty comes attached to the reply (SCM_RIGHTS).
+    Created { pid: i32, console: bool },
     /// Nothing was left behind; `error` says what failed.
     Failed { error: String },
 }
@@ -57,6 +58,8 @@ pub(crate) enum Sync {
     Pid(i32),
     /// Container → helper: set up and waiting for Start.
     Ready,
+    /// Container → helper: the master of its pty follows (SCM_RIGHTS).
+    Console,
     /// Child or container → helper: setup failed.
     Error(String),
 }
