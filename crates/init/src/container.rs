@@ -509,6 +509,25 @@ fn mount_one(
     let root = plan.rootfs.target.as_path();
     let dest = resolve_in_root(root, m.destination())?;
     let typ = m.typ().as_deref().unwrap_or("");
+    // procfs, sysfs and friends must land where they are named: an image whose /proc is a
+    // symlink would otherwise get them elsewhere and keep the real path under its control
+    // (CVE-2019-16884, CVE-2019-19921).
+    let literal = m
+        .destination()
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .fold(root.to_path_buf(), |p, c| p.join(c));
+    if matches!(
+        typ,
+        "proc" | "sysfs" | "cgroup" | "cgroup2" | "devpts" | "mqueue"
+    ) && dest != literal
+    {
+        return Err(fail(format!(
+            "refusing to mount {typ} on {}: the path goes through a symlink in the rootfs (it resolves to {})",
+            m.destination().display(),
+            dest.strip_prefix(root).unwrap_or(&dest).display()
+        )));
+    }
     let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
     if let Some(tree) = volume {
         let is_dir = tree.is_dir().map_err(InitError::io(format!(
@@ -761,6 +780,15 @@ fn setup_dev(root: &Path, spec: &Spec) -> Result<(), InitError> {
 }
 
 fn mask_path(p: &Path) -> Result<(), InitError> {
+    // What masks files is the container's /dev/null: it must be the device, not something
+    // the image put there.
+    let null = fs::symlink_metadata("/dev/null")
+        .map_err(InitError::io("stat /dev/null in the container"))?;
+    if !std::os::unix::fs::FileTypeExt::is_char_device(&null.file_type()) {
+        return Err(fail(
+            "refusing to mask paths: /dev/null in the container is not a character device",
+        ));
+    }
     let md = match fs::metadata(p) {
         Ok(md) => md,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
