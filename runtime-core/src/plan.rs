@@ -67,6 +67,8 @@ pub struct ContainerPlan {
     pub cgroups_path: Option<String>,
     /// The spec's mounts that are id-mapped on the host side.
     pub volumes: Vec<HostBind>,
+    /// The operator allows the chown fallback when the rootfs cannot be idmapped.
+    pub chown_fallback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -325,6 +327,7 @@ pub fn plan_container(
         rootfs,
         cgroups_path,
         volumes,
+        chown_fallback: false,
         spec,
     })
 }

@@ -229,7 +229,7 @@ pub fn delete(flags: &Flags) -> anyhow::Result<()> {
     } else {
         PathBuf::from(&flags.bundle)
     };
-    let cgroup = std::fs::read_to_string(bundle.join("config.json"))
+    let mut cgroup = std::fs::read_to_string(bundle.join("config.json"))
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .and_then(|spec| spec["linux"]["cgroupsPath"].as_str().map(str::to_string))
@@ -252,6 +252,10 @@ pub fn delete(flags: &Flags) -> anyhow::Result<()> {
             );
         }
         pid = recorded;
+        // A cgroup the container did not create is not its to empty or remove.
+        if state["owns_cgroup"].as_bool() == Some(false) {
+            cgroup = None;
+        }
         let _ = std::fs::remove_file(bundle.join(INIT_STATE_FILE));
     }
     cleanup_host(&bundle, true, cgroup.as_ref())?;

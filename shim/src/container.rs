@@ -61,6 +61,8 @@ pub struct Container {
     rootfs_mounted: bool,
     cgroups_path: Option<String>,
     cgroup: Option<Cgroup>,
+    /// The cgroup, when this container created it (and so empties and removes it).
+    owned_cgroup: Option<Cgroup>,
     mapping: Option<UserMapping>,
     execs: Execs,
 }
@@ -72,9 +74,12 @@ fn lock(execs: &Execs) -> std::sync::MutexGuard<'_, HashMap<String, Exec>> {
 impl Container {
     /// Creates the container from a validated plan. On error nothing is left behind (the
     /// helper rolls back its own steps).
+    /// `io_owner` (from the runtime options) overrides who owns the stdio pipes, which is
+    /// otherwise the host ids of the process's user.
     pub async fn create(
         plan: ContainerPlan,
         stdio: StdioPaths,
+        io_owner: Option<(u32, u32)>,
         reaper: &Reaper,
         events: EventQueue,
     ) -> Result<Arc<Container>> {
@@ -88,11 +93,22 @@ impl Container {
             .any(|n| n.kind == usernsrs_runtime_core::NamespaceKind::Pid && n.path.is_none());
         let rootfs_mounted = !matches!(plan.rootfs.source, RootfsSource::Directory { .. });
         let terminal = plan.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
-        let io_owner = plan
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| host_ids(mapping.as_ref(), p.user()));
+        let io_owner = io_owner.or_else(|| {
+            plan.spec
+                .process()
+                .as_ref()
+                .and_then(|p| host_ids(mapping.as_ref(), p.user()))
+        });
+        // A cgroup that exists before the container is someone else's: never emptied or
+        // removed by this container's Delete.
+        let cgroup = match &cgroups_path {
+            Some(p) => Some(
+                Cgroup::new(Path::new(CGROUP_ROOT), p)
+                    .map_err(ShimError::internal(format!("cgroup {p}")))?,
+            ),
+            None => None,
+        };
+        let owned_cgroup = cgroup.clone().filter(|cg| !cg.exists());
         let request = HelperRequest::Create(Box::new(plan));
         let launch = Launch {
             namespace: events.namespace(),
@@ -104,20 +120,16 @@ impl Container {
         };
         let (init, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
 
-        let cgroup = match &cgroups_path {
-            Some(p) => Some(
-                Cgroup::new(Path::new(CGROUP_ROOT), p)
-                    .map_err(ShimError::internal(format!("cgroup {p}")))?,
-            ),
-            None => None,
-        };
         if let Some(cg) = &cgroup {
             if let Err(e) = crate::oom::watch(cg, id.clone(), events.clone()) {
                 log::warn!("container {id}: no OOM events: {e}");
             }
         }
-        let state_json =
-            serde_json::json!({ "pid": init.pid, "start_time": proc_start_time(init.pid) });
+        let state_json = serde_json::json!({
+            "pid": init.pid,
+            "start_time": proc_start_time(init.pid),
+            "owns_cgroup": owned_cgroup.is_some(),
+        });
         if let Err(e) = std::fs::write(bundle.join(INIT_STATE_FILE), state_json.to_string()) {
             log::warn!("record init state of {id}: {e}");
         }
@@ -127,7 +139,7 @@ impl Container {
         // exits are published.
         let gate = {
             let execs = execs.clone();
-            let cgroup = cgroup.clone();
+            let cgroup = owned_cgroup.clone();
             async move {
                 if !own_pid_ns {
                     if let Some(cg) = &cgroup {
@@ -154,6 +166,7 @@ impl Container {
             rootfs_mounted,
             cgroups_path,
             cgroup,
+            owned_cgroup,
             mapping,
             execs,
         }))
@@ -460,11 +473,14 @@ impl Container {
             _ => {}
         }
         let exit = self.init.wait().await;
-        cleanup_host(&self.bundle, self.rootfs_mounted, self.cgroup.as_ref()).map_err(|e| {
-            ShimError::Internal {
-                context: format!("clean up {}", self.id),
-                err: e,
-            }
+        cleanup_host(
+            &self.bundle,
+            self.rootfs_mounted,
+            self.owned_cgroup.as_ref(),
+        )
+        .map_err(|e| ShimError::Internal {
+            context: format!("clean up {}", self.id),
+            err: e,
         })?;
         let _ = std::fs::remove_file(self.bundle.join(INIT_STATE_FILE));
         events.send(
@@ -494,6 +510,12 @@ pub fn cleanup_host(bundle: &Path, unmount: bool, cgroup: Option<&Cgroup>) -> an
         let left = usernsrs_init::cleanup::unmount_under(bundle)?;
         if !left.is_empty() {
             anyhow::bail!("mounts still present after unmount: {left:?}");
+        }
+        // The chown fallback's upper layer: removed whole, now that nothing is mounted under
+        // the bundle any more.
+        let fallback = bundle.join(usernsrs_init::fallback::FALLBACK_DIR);
+        if fallback.exists() {
+            std::fs::remove_dir_all(&fallback)?;
         }
     }
     if let Some(cg) = cgroup {

@@ -16,6 +16,7 @@ mod errors;
 mod events;
 mod metrics;
 mod oom;
+mod options;
 mod process;
 mod reaper;
 mod server;

@@ -177,19 +177,40 @@ impl Service {
                 options: m.options.clone(),
             })
             .collect();
-        let plan = plan_container(&req.id, &bundle, spec, &mounts, owner).map_err(|e| {
+        let options = crate::options::parse(req.options.as_ref()).map_err(|e| {
             ShimError::InvalidArgument(format!(
                 "container {}: {}",
                 req.id,
                 usernsrs_init::error_chain(&e)
             ))
         })?;
+        let mut plan = plan_container(&req.id, &bundle, spec, &mounts, owner).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "container {}: {}",
+                req.id,
+                usernsrs_init::error_chain(&e)
+            ))
+        })?;
+        plan.chown_fallback = options.slow_chown;
+        log::info!(
+            "{}: user namespace {:?}, rootfs {:?}",
+            req.id,
+            plan.user_namespace,
+            plan.rootfs.source
+        );
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
         };
-        Container::create(plan, stdio, &self.reaper, self.events.clone()).await
+        Container::create(
+            plan,
+            stdio,
+            options.io_owner,
+            &self.reaper,
+            self.events.clone(),
+        )
+        .await
     }
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {

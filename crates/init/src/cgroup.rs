@@ -461,6 +461,13 @@ impl Cgroup {
         u
     }
 
+    /// Whether the container's directory already exists (another container's, or a parent
+    /// shared on purpose): such a cgroup is joined as it is, never limited, emptied or removed
+    /// by this container.
+    pub fn exists(&self) -> bool {
+        self.all().next().is_some_and(|d| d.is_dir())
+    }
+
     fn all(&self) -> impl Iterator<Item = &PathBuf> {
         self.unified.iter().chain(self.v1.iter())
     }

@@ -39,7 +39,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use usernsrs_runtime_core::mount_options::parse_mount_options;
 use usernsrs_runtime_core::rootfs::common_parent;
-use usernsrs_runtime_core::{ContainerPlan, IdmapWith, NamespaceKind, RootfsSource, UserNamespace};
+use usernsrs_runtime_core::{
+    ContainerPlan, IdmapWith, NamespaceKind, RootfsSource, UserMapping, UserNamespace,
+};
 use usernsrs_sys::DetachedMount;
 
 /// One JSON message per line over a socket shared by the helper and its children.
@@ -172,6 +174,9 @@ struct Undo {
     c2: Option<Pid>,
     mounts: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// Directories with content (the chown fallback's upper layer), removed whole once
+    /// nothing is mounted below them.
+    trees: Vec<PathBuf>,
     cgroup: Option<Cgroup>,
 }
 
@@ -186,6 +191,12 @@ impl Undo {
         }
         for dir in self.dirs.iter().rev() {
             let _ = fs::remove_dir(dir);
+        }
+        for tree in &self.trees {
+            let clear = crate::cleanup::unmount_under(tree).is_ok_and(|left| left.is_empty());
+            if clear {
+                let _ = fs::remove_dir_all(tree);
+            }
         }
         if let Some(cg) = self.cgroup {
             let _ = cg.remove();
@@ -265,7 +276,11 @@ fn create_steps(
     if userns.is_some() && plan.rootfs.target.starts_with(&plan.bundle) {
         open_bundle_to_container_root(&plan.bundle, c1)?;
     }
-    prepare_rootfs(plan, userns.as_ref(), undo)?;
+    let mapping = match &plan.user_namespace {
+        UserNamespace::Host => None,
+        _ => Some(mapping_of(c1)?),
+    };
+    prepare_rootfs(plan, userns.as_ref(), mapping.as_ref(), undo)?;
     drop(userns);
     chan.send(&Sync::Proceed)?;
 
@@ -566,6 +581,34 @@ fn mkdir_target(target: &Path, undo: &mut Undo) -> Result<(), InitError> {
     Ok(())
 }
 
+/// The mapping of the user namespace process `pid` is in, from its uid_map and gid_map.
+fn mapping_of(pid: Pid) -> Result<UserMapping, InitError> {
+    let read = |which: &str| -> Result<usernsrs_runtime_core::IdMap, InitError> {
+        let text = fs::read_to_string(format!("/proc/{pid}/{which}"))
+            .map_err(InitError::io(format!("read {which} of pid {pid}")))?;
+        let ranges = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<u32> = l
+                    .split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                (f.len() == 3).then(|| usernsrs_runtime_core::IdMapping {
+                    container_id: f[0],
+                    host_id: f[1],
+                    size: f[2],
+                })
+            })
+            .collect();
+        usernsrs_runtime_core::IdMap::new(which, ranges)
+            .map_err(|e| InitError::Protocol(format!("the user namespace's {which}: {e}")))
+    };
+    Ok(UserMapping {
+        uid: read("uid_map")?,
+        gid: read("gid_map")?,
+    })
+}
+
 /// Explains a failed idmap: which path, which filesystem, which kernel, and the way out.
 fn idmap_failure(path: &Path, err: std::io::Error) -> InitError {
     InitError::Idmap {
@@ -610,25 +653,58 @@ fn idmapped_bind(
 fn prepare_rootfs(
     plan: &ContainerPlan,
     userns: Option<&OwnedFd>,
+    container_mapping: Option<&UserMapping>,
     undo: &mut Undo,
 ) -> Result<(), InitError> {
     let target = &plan.rootfs.target;
+    // The slow path, when the operator allowed it and the idmap was refused.
+    let fallback = |idmap: &IdmapWith,
+                    lowers: &[PathBuf],
+                    view: &Path,
+                    undo: &mut Undo|
+     -> Result<(), InitError> {
+        let mapping = match idmap {
+            IdmapWith::Mapping(m) => m,
+            IdmapWith::Container => container_mapping.ok_or_else(|| {
+                InitError::Protocol("the chown fallback needs the container's mapping".into())
+            })?,
+        };
+        let state = plan.bundle.join(crate::fallback::FALLBACK_DIR);
+        undo.trees.push(state.clone());
+        let started = std::time::Instant::now();
+        let chowned = crate::fallback::chowned_view(lowers, mapping, &state, view)?;
+        undo.mounts.push(view.to_path_buf());
+        log::info!(
+            "{}: rootfs cannot be idmapped; slow_chown view of {} entries in {:?}",
+            plan.id,
+            chowned,
+            started.elapsed()
+        );
+        Ok(())
+    };
+    let allowed = |e: &InitError| plan.chown_fallback && matches!(e, InitError::Idmap { .. });
     match &plan.rootfs.source {
         RootfsSource::Directory { .. } => Ok(()),
         RootfsSource::IdmappedDirectory { path, idmap } => {
-            idmapped_bind(path, false, &idmap_userns(idmap, userns)?, target, undo)
+            match idmapped_bind(path, false, &idmap_userns(idmap, userns)?, target, undo) {
+                Err(e) if allowed(&e) => fallback(idmap, std::slice::from_ref(path), target, undo),
+                other => other,
+            }
         }
         RootfsSource::IdmappedBind {
             source,
             readonly,
             idmap,
-        } => idmapped_bind(
+        } => match idmapped_bind(
             source,
             *readonly,
             &idmap_userns(idmap, userns)?,
             target,
             undo,
-        ),
+        ) {
+            Err(e) if allowed(&e) => fallback(idmap, std::slice::from_ref(source), target, undo),
+            other => other,
+        },
         RootfsSource::IdmappedOverlay {
             lowerdirs,
             upperdir,
@@ -648,16 +724,32 @@ fn prepare_rootfs(
             let tree = DetachedMount::clone_tree(&parent, false).map_err(InitError::io(
                 format!("clone layers parent {}", parent.display()),
             ))?;
-            tree.idmap(ns.as_fd(), false)
-                .map_err(|e| idmap_failure(&parent, e))?;
-            let base = tree.proc_path();
-            let lowers: Vec<String> = lowerdirs
-                .iter()
-                .map(|d| {
-                    let rel = d.strip_prefix(&parent).unwrap_or(d);
-                    base.join(rel).to_string_lossy().into_owned()
-                })
-                .collect();
+            let lowers: Vec<String> = match tree
+                .idmap(ns.as_fd(), false)
+                .map_err(|e| idmap_failure(&parent, e))
+            {
+                Ok(()) => {
+                    let base = tree.proc_path();
+                    lowerdirs
+                        .iter()
+                        .map(|d| {
+                            let rel = d.strip_prefix(&parent).unwrap_or(d);
+                            base.join(rel).to_string_lossy().into_owned()
+                        })
+                        .collect()
+                }
+                Err(e) if allowed(&e) => {
+                    // The layers, chowned in a view of their own; the container's upper dir
+                    // (already chowned by the snapshotter) goes on top as usual.
+                    let view = plan
+                        .bundle
+                        .join(crate::fallback::FALLBACK_DIR)
+                        .join("layers");
+                    fallback(idmap, lowerdirs, &view, undo)?;
+                    vec![view.to_string_lossy().into_owned()]
+                }
+                Err(e) => return Err(e),
+            };
             let mut data = vec![format!("lowerdir={}", lowers.join(":"))];
             if let (Some(u), Some(w)) = (upperdir, workdir) {
                 data.push(format!("upperdir={}", u.display()));

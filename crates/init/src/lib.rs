@@ -10,6 +10,7 @@ pub mod cleanup;
 mod container;
 pub mod create;
 mod exec;
+pub mod fallback;
 pub mod proto;
 
 use std::path::{Path, PathBuf};
@@ -39,8 +40,9 @@ pub enum InitError {
         "cannot idmap {path} (filesystem {fs}, kernel {kernel}): the kernel or filesystem does not \
          support idmapped mounts here. Idmapped mounts need Linux 5.12+ (overlayfs layers 5.19+, \
          tmpfs 6.3+) and a filesystem that supports them (ext4, xfs, btrfs, tmpfs; not NFS, not \
-         FUSE before 6.12, not ramfs). Way out: chown the rootfs into the mapped range and set the \
-         annotation usernsrs.io/rootfs-idmap=false"
+         FUSE before 6.12, not ramfs). Ways out: set slow_chown = true in the shim's runtime \
+         options (a metadata-only chowned copy, see the README), or chown the rootfs into the \
+         mapped range and set the annotation usernsrs.io/rootfs-idmap=false"
     )]
     Idmap {
         path: PathBuf,
