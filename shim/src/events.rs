@@ -15,7 +15,9 @@ use containerd_shim::protos::ttrpc::context::Context;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-const ATTEMPTS: u32 = 5;
+/// How many times an event is offered before it is dropped: about two minutes, so that a
+/// containerd restarting meanwhile still receives it.
+const ATTEMPTS: u32 = 120;
 
 enum Item {
     Event(&'static str, Box<dyn MessageDyn>),
@@ -88,8 +90,10 @@ impl EventQueue {
                         Err(e) => {
                             log::warn!("publish {topic} (attempt {attempt}): {e}");
                             client = None;
-                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt)))
-                                .await;
+                            tokio::time::sleep(Duration::from_millis(
+                                100 * u64::from(attempt.min(10)),
+                            ))
+                            .await;
                         }
                     }
                 }

@@ -42,7 +42,10 @@ pub fn serve(flags: Flags) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime.block_on(run(flags))
+    let result = runtime.block_on(run(flags));
+    // Blocking threads may still wait on a fifo nobody opens; do not wait for them.
+    runtime.shutdown_background();
+    result
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {

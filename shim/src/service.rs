@@ -339,9 +339,14 @@ impl Task for Service {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> RpcResult<PidsResponse> {
         let c = self.get(&req.id)?;
+        // A container that exited but was not deleted still has its init: containerd, after a
+        // restart, kills a shim whose Pids is empty as leaked, and the exit would be lost.
+        let mut pids = c.pids();
+        if pids.is_empty() {
+            pids.push(c.init.pid);
+        }
         Ok(PidsResponse {
-            processes: c
-                .pids()
+            processes: pids
                 .into_iter()
                 .map(|pid| ProcessInfo {
                     pid: pid as u32,

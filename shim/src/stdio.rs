@@ -360,14 +360,26 @@ impl ProcessIo {
                 abort.abort();
             }
         }
+        self.release_stdin();
+    }
+
+    /// Ends the stdin copy, including an open of the fifo that still waits for containerd to
+    /// open the writer.
+    fn release_stdin(&mut self) {
         self.close_stdin();
-        // Unblock a stdin open that still waits for containerd to open the writer.
         if let Some(fifo) = self.stdin_fifo.take() {
             let _ = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(&fifo);
         }
+    }
+}
+
+impl Drop for ProcessIo {
+    /// A process that never ran (its Create failed) leaves no thread blocked on its fifo.
+    fn drop(&mut self) {
+        self.release_stdin();
     }
 }
 
