@@ -480,6 +480,40 @@ pub fn pids_of_cmd(substr: &str) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// Processes (other than this one) running the executable `path` (compared canonically, as
+/// `/proc/PID/exe` shows it; a binary replaced on disk since still matches); sorted. Catches
+/// processes whose command line does not name the binary, e.g. a shim that re-executed itself
+/// through `current_exe()` when it was installed under another name.
+pub fn pids_of_exe(path: &Path) -> Result<Vec<i32>> {
+    let wanted = path
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").context("cannot list /proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if u32::try_from(pid).is_ok_and(|p| p == me) {
+            continue;
+        }
+        // Gone by now, or a kernel thread (no exe): not a match.
+        let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
+            continue;
+        };
+        let exe = exe.to_string_lossy();
+        if Path::new(exe.strip_suffix(" (deleted)").unwrap_or(&exe)) == wanted {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -503,6 +537,17 @@ mod tests {
         );
         assert_eq!(unescape_mountinfo(r"/plain/path"), "/plain/path");
         assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
+    }
+
+    #[test]
+    fn finds_a_child_by_its_executable() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+        let pid = i32::try_from(child.id()).expect("pids fit in i32");
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("child exe");
+        let found = pids_of_exe(&exe).expect("pids_of_exe");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&pid), "{pid} not in {found:?}");
     }
 
     #[test]

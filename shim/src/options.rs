@@ -24,6 +24,8 @@ use serde::Deserialize;
 
 const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
 const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
+/// What ctr 1.6 sends for `--uidmap` (runc's older CreateOptions).
+const RUNC_CREATE_OPTIONS: &str = "containerd.linux.runc.CreateOptions";
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,17 +68,7 @@ fn decode_runtime_options(bytes: &[u8]) -> Result<(String, String), OptionsError
         match tag >> 3 {
             2 => path = input.read_string().map_err(OptionsError::Decode)?,
             3 => body = input.read_string().map_err(OptionsError::Decode)?,
-            _ => input
-                .skip_field(
-                    containerd_shim::protos::protobuf::rt::WireType::new(tag & 7).ok_or_else(
-                        || {
-                            OptionsError::Decode(containerd_shim::protos::protobuf::Error::from(
-                                std::io::Error::other("bad wire type"),
-                            ))
-                        },
-                    )?,
-                )
-                .map_err(OptionsError::Decode)?,
+            _ => skip(&mut input, tag & 7)?,
         }
     }
     Ok((path, body))
@@ -101,6 +93,47 @@ fn runc_options(bytes: &[u8]) -> Result<ShimOptions, OptionsError> {
     })
 }
 
+/// `containerd.linux.runc.CreateOptions`: `no_pivot_root` (1), `io_uid` (10), `io_gid` (11)
+/// matter; criu paths (12, 13) are runc's alone.
+fn runc_create_options(bytes: &[u8]) -> Result<ShimOptions, OptionsError> {
+    let mut input = CodedInputStream::from_bytes(bytes);
+    let (mut uid, mut gid) = (0u32, 0u32);
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(OptionsError::Decode)? {
+        match (tag >> 3, tag & 7) {
+            (1, 0) => {
+                if input.read_bool().map_err(OptionsError::Decode)? {
+                    return Err(OptionsError::RuncOnly("no_pivot_root"));
+                }
+            }
+            (10, 0) => uid = input.read_uint32().map_err(OptionsError::Decode)?,
+            (11, 0) => gid = input.read_uint32().map_err(OptionsError::Decode)?,
+            (12 | 13, 2) => {
+                if !input
+                    .read_string()
+                    .map_err(OptionsError::Decode)?
+                    .is_empty()
+                {
+                    return Err(OptionsError::RuncOnly("criu paths"));
+                }
+            }
+            (_, wire) => skip(&mut input, wire)?,
+        }
+    }
+    Ok(ShimOptions {
+        slow_chown: false,
+        io_owner: (uid != 0 || gid != 0).then_some((uid, gid)),
+    })
+}
+
+fn skip(input: &mut CodedInputStream<'_>, wire: u32) -> Result<(), OptionsError> {
+    let wire = containerd_shim::protos::protobuf::rt::WireType::new(wire).ok_or_else(|| {
+        OptionsError::Decode(containerd_shim::protos::protobuf::Error::from(
+            std::io::Error::other("bad wire type"),
+        ))
+    })?;
+    input.skip_field(wire).map_err(OptionsError::Decode)
+}
+
 /// The settings in `options`, or the defaults when containerd sent none.
 pub fn parse(options: Option<&Any>) -> Result<ShimOptions, OptionsError> {
     let Some(any) = options.filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) else {
@@ -109,6 +142,7 @@ pub fn parse(options: Option<&Any>) -> Result<ShimOptions, OptionsError> {
     match any.type_url.rsplit('/').next() {
         Some(RUNTIME_OPTIONS) => {}
         Some(RUNC_OPTIONS) => return runc_options(&any.value),
+        Some(RUNC_CREATE_OPTIONS) => return runc_create_options(&any.value),
         _ => return Err(OptionsError::UnknownType(any.type_url.clone())),
     }
     let (path, body) = decode_runtime_options(&any.value)?;
@@ -191,6 +225,36 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "containerd.runc.v1.Options: binary_name has no meaning for usernsrs"
+        );
+    }
+
+    #[test]
+    fn takes_io_owner_from_ctr_16_create_options() {
+        // io_uid = 100000 (field 10), io_gid = 100000 (field 11), varints.
+        let varint = |mut v: u32| {
+            let mut out = Vec::new();
+            loop {
+                let b = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    out.push(b);
+                    return out;
+                }
+                out.push(b | 0x80);
+            }
+        };
+        let mut value = vec![10 << 3];
+        value.extend(varint(100000));
+        value.push(11 << 3);
+        value.extend(varint(100000));
+        let any = Any {
+            type_url: "containerd.linux.runc.CreateOptions".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(
+            parse(Some(&any)).expect("create options").io_owner,
+            Some((100000, 100000))
         );
     }
 
