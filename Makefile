@@ -29,7 +29,7 @@ unit:
 	$(CARGO) test --workspace --exclude usernsrs-integration
 
 integration: peers build-debug
-	USERNSRS_SHIM=$(SHIM_DEBUG) $(CARGO) test -p usernsrs-integration -- --test-threads=1
+	USERNSRS_SHIM=$(SHIM_DEBUG) bash hack/no-leaks.sh $(CARGO) test -p usernsrs-integration -- --test-threads=1
 
 test: lint unit integration
 

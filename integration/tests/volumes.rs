@@ -1351,3 +1351,52 @@ fn containerd16_ctr_run_mount_with_idmap_option() -> Result<()> {
 fn containerd2_ctr_run_mount_with_idmap_option() -> Result<()> {
     ctr_run_mount(Flavor::Containerd2)
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. Options kept on an id-mapped mount: read-only, and the requested propagation.
+// ---------------------------------------------------------------------------------------------
+
+fn options_kept(flavor: Flavor) -> Result<()> {
+    let (env, rootfs) = env_and_rootfs(flavor)?;
+    let src = env.dir().join("vol-ro");
+    make_source(&src, &[("f0", 0, 0)])?;
+    let id = unique_id("rovol");
+    // mountinfo field 7 onwards holds the optional fields (shared:N, master:N) up to "-".
+    let mut spec = userns_spec(
+        &env,
+        &id,
+        &rootfs,
+        "own /ro/f0; kind /ro; \
+         if touch /ro/new 2>/dev/null; then echo writable; else echo read-only; fi; \
+         awk '$5 == \"/shared\" { for (i = 7; $i != \"-\"; i++) if ($i ~ /^shared:/) s = 1; \
+              print (s ? \"shared\" : \"not shared\") }' /proc/self/mountinfo",
+    )?;
+    add_mounts(
+        &mut spec,
+        vec![
+            bind("/ro", &src, &["rbind", "ro", "idmap"]),
+            bind("/shared", &src, &["rbind", "idmap", "rshared"]),
+        ],
+    )?;
+    let out = run_lines(&env, &id, &spec, "read-only and shared id-mapped mounts", 4)?;
+    assert_eq!(
+        out,
+        ["/ro/f0 0:0", "/ro idmapped", "read-only", "shared"],
+        "{flavor}: ro and rshared on id-mapped mounts"
+    );
+    ensure!(
+        !src.join("new").exists(),
+        "{flavor}: a write went through a read-only mount"
+    );
+    assert_clean(&env, &[], "read-only and shared id-mapped mounts")
+}
+
+#[test]
+fn containerd16_idmapped_mounts_keep_read_only_and_propagation() -> Result<()> {
+    options_kept(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_idmapped_mounts_keep_read_only_and_propagation() -> Result<()> {
+    options_kept(Flavor::Containerd2)
+}
