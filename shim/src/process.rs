@@ -87,7 +87,9 @@ async fn run_helper(
     cwd: &Path,
     stdio: [OwnedFd; 3],
 ) -> Result<Created> {
-    let exe = std::env::current_exe().map_err(ShimError::internal("locate the shim binary"))?;
+    // /proc/self/exe, not the path: the binary may have been replaced (an upgrade) while this
+    // server runs, and the helper must be the same code as the server.
+    let exe = Path::new("/proc/self/exe");
     let (control, helper_control) =
         std::os::unix::net::UnixStream::pair().map_err(ShimError::internal("socketpair"))?;
     let (start_r, start_w) =

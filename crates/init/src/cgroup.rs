@@ -60,7 +60,39 @@ pub struct Limits {
     pub devices: Vec<(bool, String)>,
 }
 
+/// Devices every container may use whatever its rules deny (runc's default list): the ones the
+/// shim binds into /dev, the pty multiplexer and the ptys.
+pub const DEFAULT_DEVICE_RULES: [&str; 9] = [
+    "c 1:3 rwm",   // null
+    "c 1:5 rwm",   // zero
+    "c 1:7 rwm",   // full
+    "c 1:8 rwm",   // random
+    "c 1:9 rwm",   // urandom
+    "c 5:0 rwm",   // tty
+    "c 5:1 rwm",   // console
+    "c 5:2 rwm",   // ptmx
+    "c 136:* rwm", // pts
+];
+
 impl Limits {
+    /// Adds, after the spec's own rules, allow rules for the default devices and for the
+    /// devices the spec lists in `linux.devices`, as runc does: CRI sends only "deny all".
+    pub fn allow_container_devices(&mut self, devices: &[oci_spec::runtime::LinuxDevice]) {
+        if self.devices.is_empty() {
+            return;
+        }
+        self.devices
+            .extend(DEFAULT_DEVICE_RULES.iter().map(|r| (true, r.to_string())));
+        for d in devices {
+            let typ = match d.typ() {
+                oci_spec::runtime::LinuxDeviceType::B => "b",
+                _ => "c",
+            };
+            self.devices
+                .push((true, format!("{typ} {}:{} rwm", d.major(), d.minor())));
+        }
+    }
+
     /// The limits of an OCI `linux.resources`.
     pub fn from_resources(r: &oci_spec::runtime::LinuxResources) -> Self {
         let mem = r.memory().as_ref();

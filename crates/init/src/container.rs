@@ -38,10 +38,15 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub(crate) type ExecArgs = (CString, Vec<CString>, Vec<CString>);
 
 /// Entry point of C2. Never returns: it execs the container process or exits.
-pub(crate) fn run(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
+pub(crate) fn run(
+    plan: &ContainerPlan,
+    volumes: &Volumes,
+    cgroup_ns: Option<OwnedFd>,
+    mut chan: Channel,
+) -> ! {
     let prepared = (|| -> Result<ExecArgs, InitError> {
         chan.expect_proceed()?;
-        setup(plan, volumes, &mut chan)
+        setup(plan, volumes, cgroup_ns, &mut chan)
     })();
     ready_then_exec(chan, prepared)
 }
@@ -154,6 +159,7 @@ fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> InitError 
 fn setup(
     plan: &ContainerPlan,
     volumes: &Volumes,
+    cgroup_ns: Option<OwnedFd>,
     chan: &mut Channel,
 ) -> Result<ExecArgs, InitError> {
     let spec = &plan.spec;
@@ -163,24 +169,22 @@ fn setup(
         .ok_or(fail("spec has no linux section"))?;
     let root = plan.rootfs.target.as_path();
 
-    // The cgroup namespace, now that we are in the container's cgroup.
+    // The cgroup namespace, now that we are in the container's cgroup (a joined one was
+    // opened by C1 while it was still host root).
     if let Some(ns) = plan
         .namespaces
         .iter()
         .find(|n| n.kind == NamespaceKind::Cgroup)
     {
-        match &ns.path {
-            None => unshare(CloneFlags::CLONE_NEWCGROUP)
+        match (&ns.path, &cgroup_ns) {
+            (Some(p), Some(fd)) => setns(fd.as_fd(), clone_flag(NamespaceKind::Cgroup)).map_err(
+                InitError::sys(format!("join cgroup namespace {}", p.display())),
+            )?,
+            _ => unshare(CloneFlags::CLONE_NEWCGROUP)
                 .map_err(InitError::sys("unshare cgroup namespace"))?,
-            Some(p) => {
-                let fd =
-                    fs::File::open(p).map_err(InitError::io(format!("open {}", p.display())))?;
-                setns(fd.as_fd(), clone_flag(NamespaceKind::Cgroup)).map_err(InitError::sys(
-                    format!("join cgroup namespace {}", p.display()),
-                ))?;
-            }
         }
     }
+    drop(cgroup_ns);
 
     // Step 1.
     let propagation = match linux.rootfs_propagation().as_deref() {
@@ -221,6 +225,12 @@ fn setup(
     umount2(".", MntFlags::MNT_DETACH).map_err(InitError::sys("detach the old root"))?;
     chdir("/").map_err(InitError::sys("chdir /"))?;
 
+    // Sysctls, while /proc/sys is still writable (step 5 makes it read-only).
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).map_err(InitError::io(format!("sysctl {key}={value}")))?;
+    }
+
     // Step 5.
     for p in linux.masked_paths().iter().flatten() {
         mask_path(Path::new(p))?;
@@ -244,10 +254,6 @@ fn setup(
             ));
         }
         sethostname(h).map_err(InitError::sys(format!("set hostname {h}")))?;
-    }
-    for (key, value) in linux.sysctl().iter().flatten() {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        fs::write(&path, value).map_err(InitError::io(format!("sysctl {key}={value}")))?;
     }
     let process = spec.process().as_ref().ok_or(fail("spec has no process"))?;
     open_console(process, chan)?;

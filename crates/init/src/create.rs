@@ -306,10 +306,12 @@ fn create_steps(
             .as_ref()
             .and_then(|l| l.resources().as_ref())
         {
-            cg.apply(&crate::cgroup::Limits::from_resources(resources))
-                .map_err(InitError::io(format!(
-                    "apply linux.resources to cgroup {path}"
-                )))?;
+            let mut limits = crate::cgroup::Limits::from_resources(resources);
+            let devices = plan.spec.linux().as_ref().and_then(|l| l.devices().clone());
+            limits.allow_container_devices(&devices.unwrap_or_default());
+            cg.apply(&limits).map_err(InitError::io(format!(
+                "apply linux.resources to cgroup {path}"
+            )))?;
         }
         cg.add(raw)
             .map_err(InitError::io(format!("join cgroup {path}")))?;
@@ -475,6 +477,14 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
     // SAFETY: CONTROL_FD is open in this forked copy and nothing here uses it.
     unsafe { libc::close(CONTROL_FD) };
     let result = (|chan: &mut Channel| -> Result<(), InitError> {
+        // Every namespace given by path is opened now, as host root: once in the container's
+        // user namespace, paths under containerd's 0700 state directory are out of reach.
+        let mut joined = Vec::new();
+        for ns in &plan.namespaces {
+            if let Some(path) = &ns.path {
+                joined.push((ns.kind, path, open_fd(&path.to_string_lossy())?));
+            }
+        }
         match &plan.user_namespace {
             UserNamespace::Host => {}
             UserNamespace::New(_) => unshare(CloneFlags::CLONE_NEWUSER)
@@ -498,26 +508,24 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
                 InitError::sys("become uid 0 in the user namespace (is container uid 0 mapped?)"),
             )?;
         }
-        let mut new = CloneFlags::empty();
-        for ns in &plan.namespaces {
-            // The cgroup namespace is made by C2 once it is in its cgroup, so that the
-            // namespace's root is the container's cgroup.
-            if ns.kind == NamespaceKind::Cgroup {
+        // The cgroup namespace is joined or made by C2 once it is in its cgroup, so that the
+        // namespace's root is the container's cgroup.
+        let mut cgroup_ns = None;
+        for (kind, path, fd) in joined {
+            if kind == NamespaceKind::Cgroup {
+                cgroup_ns = Some(fd);
                 continue;
             }
-            let flag = clone_flag(ns.kind);
-            match &ns.path {
-                None => new |= flag,
-                Some(path) => {
-                    let fd = open_fd(&path.to_string_lossy())?;
-                    setns(fd.as_fd(), flag).map_err(InitError::sys(format!(
-                        "join {:?} namespace {}",
-                        ns.kind,
-                        path.display()
-                    )))?;
-                }
-            }
+            setns(fd.as_fd(), clone_flag(kind)).map_err(InitError::sys(format!(
+                "join {kind:?} namespace {}",
+                path.display()
+            )))?;
         }
+        let new = plan
+            .namespaces
+            .iter()
+            .filter(|ns| ns.path.is_none() && ns.kind != NamespaceKind::Cgroup)
+            .fold(CloneFlags::empty(), |acc, ns| acc | clone_flag(ns.kind));
         unshare(new).map_err(InitError::sys(format!("unshare namespaces {new:?}")))?;
         // SAFETY: C1 is single-threaded (forked from the single-threaded helper).
         match unsafe { fork() }.map_err(InitError::sys("fork the container process"))? {
@@ -526,7 +534,7 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
                     .0
                     .try_clone()
                     .map_err(InitError::io("dup sync socket"))?;
-                crate::container::run(plan, volumes, Channel(own))
+                crate::container::run(plan, volumes, cgroup_ns, Channel(own))
             }
             ForkResult::Parent { child } => chan.send(&Sync::Pid(child.as_raw())),
         }
