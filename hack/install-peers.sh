@@ -40,3 +40,6 @@ if [ ! -x "$PEERS/containerd" ] || [ ! -x "$PEERS/ctr" ] || [ ! -x "$PEERS/conta
       "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
 fi
 log "peers ready: containerd $(containerd --version | awk '{print $3}') (Debian), $("$PEERS/containerd" --version | awk '{print $3}') in $PEERS"
+
+# The Kubernetes (CRI) tests' tools: crictl, critest, CNI plugins.
+bash "$(dirname "$0")/install-cri.sh"

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A private containerd 2.x with its CRI plugin, for the Kubernetes tests: runtime handler
+# `usernsrs` (runtime_type io.containerd.usernsrs.v2), the pause and busybox images imported
+# into the k8s.io namespace, CNI bridge networking. containerd runs in a network namespace made
+# for it, so the pods' bridge and veths never touch the host's network; crictl and critest are
+# run inside it too (the streaming server listens on its 127.0.0.1).
+#
+#   private-cri.sh start DIR          prints CONTAINERD_ADDRESS, NETNS, CRICTL
+#   private-cri.sh crictl DIR ARGS... crictl against it, inside its network namespace
+#   private-cri.sh critest DIR ARGS.. critest against it, inside its network namespace
+#   private-cri.sh stop DIR           containerd, pods, mounts and the network namespace gone
+#
+# $USERNSRS_SHIM is linked into DIR/bin as containerd-shim-usernsrs-v2.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${USERNSRS_CACHE:-/var/cache/usernsrs}
+CONTAINERD2_VERSION=${CONTAINERD2_VERSION:-v2.4.2}
+BIN2="$CACHE/containerd-$CONTAINERD2_VERSION/bin"
+CRI_BIN="$CACHE/cri/bin"
+
+log() { printf '[private-cri] %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+netns_of() { printf 'usernsrs-cri-%s' "$(basename "$1")"; }
+in_netns() { local dir=$1; shift; nsenter --net="/run/netns/$(netns_of "$dir")" "$@"; }
+
+cmd_start() {
+  local dir; dir=$(realpath -m "$1")
+  [ -x "$BIN2/containerd" ] && [ -x "$CRI_BIN/crictl" ] ||
+    die "containerd $CONTAINERD2_VERSION or the CRI tools are missing: run hack/install-peers.sh"
+  [ -n "${USERNSRS_SHIM:-}" ] || die "USERNSRS_SHIM must name the shim binary"
+  mkdir -p "$dir"/{bin,root,state,tmp,s,cni/conf,cni/bin,cni/ipam,pod-logs}
+  chmod 0700 "$dir/s"
+  ln -sfn "$(realpath -e "$USERNSRS_SHIM")" "$dir/bin/containerd-shim-usernsrs-v2"
+  cp "$CRI_BIN"/{bridge,host-local,loopback} "$dir/cni/bin/"
+  local ns; ns=$(netns_of "$dir")
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  cat > "$dir/cni/conf/10-usernsrs.conflist" <<CNI
+{"cniVersion": "1.0.0", "name": "usernsrs-pods", "plugins": [
+  {"type": "bridge", "bridge": "usernsrs0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "dataDir": "$dir/cni/ipam",
+            "ranges": [[{"subnet": "10.244.77.0/24"}]]}},
+  {"type": "loopback"}]}
+CNI
+  # restrict_oom_score_adj: this machine's root lacks CAP_SYS_RESOURCE, so the pause
+  # container's -998 could not be written; containerd clamps it to what is allowed.
+  cat > "$dir/config.toml" <<TOML
+# Written by hack/private-cri.sh.
+version = 3
+root = "$dir/root"
+state = "$dir/state"
+temp = "$dir/tmp"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs", "io.containerd.differ.v1.erofs",
+  "io.containerd.mount-handler.v1.erofs"]
+
+[grpc]
+  address = "$dir/containerd.sock"
+
+[plugins]
+  [plugins."io.containerd.shim.v1.manager"]
+    socket_dir = "$dir/s"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "registry.k8s.io/pause:3.10.2"
+  [plugins."io.containerd.cri.v1.runtime"]
+    netns_mounts_under_state_dir = true
+    restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["$dir/cni/bin"]
+    conf_dir = "$dir/cni/conf"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.usernsrs]
+    runtime_type = "io.containerd.usernsrs.v2"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+TOML
+  printf '2\n' > "$dir/flavor"
+  [ -e /run/containerd ] || touch "$dir/created-run-containerd"
+  PATH="$dir/bin:$BIN2:/usr/sbin:/usr/bin:/sbin:/bin" \
+    in_netns "$dir" "$BIN2/containerd" --config "$dir/config.toml" \
+    </dev/null >>"$dir/containerd.log" 2>&1 &
+  printf '%s\n' "$!" > "$dir/containerd.pid"
+  local i
+  for ((i = 0; i < 200; i++)); do
+    if "$BIN2/ctr" --address "$dir/containerd.sock" version >/dev/null 2>&1; then
+      local ctr=("$BIN2/ctr" --address "$dir/containerd.sock" -n k8s.io)
+      "${ctr[@]}" images import "$(bash "$HERE/build-pause-image.sh")" >/dev/null
+      "${ctr[@]}" images import "$(bash "$HERE/build-images.sh")" >/dev/null
+      printf 'CONTAINERD_ADDRESS=%s\nNETNS=%s\nCRICTL=%s\n' "$dir/containerd.sock" "$ns" "$CRI_BIN/crictl"
+      log "containerd with CRI (pid $(cat "$dir/containerd.pid")) ready at $dir/containerd.sock"
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 30 "$dir/containerd.log" >&2 || true
+  die "containerd did not answer on $dir/containerd.sock"
+}
+
+cmd_crictl() {
+  local dir; dir=$(realpath -m "$1"); shift
+  in_netns "$dir" "$CRI_BIN/crictl" --config /dev/null \
+    --runtime-endpoint "unix://$dir/containerd.sock" --image-endpoint "unix://$dir/containerd.sock" \
+    --timeout 60s "$@"
+}
+
+cmd_critest() {
+  local dir; dir=$(realpath -m "$1"); shift
+  in_netns "$dir" "$CRI_BIN/critest" --runtime-endpoint "unix://$dir/containerd.sock" \
+    --image-endpoint "unix://$dir/containerd.sock" "$@"
+}
+
+cmd_stop() {
+  local dir; dir=$(realpath -m "$1")
+  # Pods first, while containerd answers: their network teardown runs the CNI plugins.
+  if [ -S "$dir/containerd.sock" ]; then
+    cmd_crictl "$dir" rmp --all --force >/dev/null 2>&1 || true
+  fi
+  local status=0
+  bash "$HERE/private-containerd.sh" stop "$dir" || status=$?
+  ip netns del "$(netns_of "$dir")" 2>/dev/null || true
+  return $status
+}
+
+case "${1:-}" in
+  start) [ $# -eq 2 ] || die "usage: $0 start DIR"; cmd_start "$2" ;;
+  crictl) shift; cmd_crictl "$@" ;;
+  critest) shift; cmd_critest "$@" ;;
+  stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; cmd_stop "$2" ;;
+  *) die "usage: $0 start DIR | crictl DIR ARGS... | critest DIR ARGS... | stop DIR" ;;
+esac
