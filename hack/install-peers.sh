@@ -39,7 +39,23 @@ if [ ! -x "$PEERS/containerd" ] || [ ! -x "$PEERS/ctr" ] || [ ! -x "$PEERS/conta
       "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION" \
       "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
 fi
-log "peers ready: containerd $(containerd --version | awk '{print $3}') (Debian), $("$PEERS/containerd" --version | awk '{print $3}') in $PEERS"
+# containerd 1.7 (Kubernetes 1.25/1.26 semantics), Debian trixie's package, unpacked into the
+# cache: its binaries need only libc >= 2.34. apt works from a private state directory so the
+# machine's own sources and package cache are left alone.
+CONTAINERD17="$CACHE/containerd-1.7"
+if [ ! -x "$CONTAINERD17/usr/bin/containerd" ]; then
+  log "fetching containerd 1.7 from Debian trixie into $CONTAINERD17"
+  apt_dir="$CACHE/apt-trixie"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$CONTAINERD17"
+  echo "deb http://deb.debian.org/debian trixie main" > "$apt_dir/sources.list"
+  apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=-
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Get::List-Cleanup=0)
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$apt_dir" && apt-get "${apt_opts[@]}" download containerd 2>/dev/null)
+  dpkg -x "$(ls -t "$apt_dir"/containerd_1.7*.deb | head -1)" "$CONTAINERD17"
+fi
+
+log "peers ready: containerd $(containerd --version | awk '{print $3}') (Debian), $("$PEERS/containerd" --version | awk '{print $3}') in $PEERS, $("$CONTAINERD17/usr/bin/containerd" --version | awk '{print $3}') in $CONTAINERD17"
 
 # The Kubernetes (CRI) tests' tools: crictl, critest, CNI plugins.
 bash "$(dirname "$0")/install-cri.sh"

@@ -37,6 +37,7 @@ usage() { die "usage: $0 start DIR 1.6|2 | ctr DIR ARGS... | stop DIR"; }
 flavor_bin() {
   case $1 in
     1.6) echo /usr/bin ;;
+    1.7) echo "$CACHE/containerd-1.7/usr/bin" ;;
     2) echo "$CACHE/containerd-$CONTAINERD2_VERSION/bin" ;;
     *) die "unknown flavor '$1' (want 1.6 or 2)" ;;
   esac

@@ -5,7 +5,8 @@
 # for it, so the pods' bridge and veths never touch the host's network; crictl and critest are
 # run inside it too (the streaming server listens on its 127.0.0.1).
 #
-#   private-cri.sh start DIR          prints CONTAINERD_ADDRESS, NETNS, CRICTL
+#   private-cri.sh start DIR [2|1.7]  prints CONTAINERD_ADDRESS, NETNS, CRICTL (default 2:
+#                                     containerd v2.4.2; 1.7: Debian trixie's 1.7.24)
 #   private-cri.sh crictl DIR ARGS... crictl against it, inside its network namespace
 #   private-cri.sh critest DIR ARGS.. critest against it, inside its network namespace
 #   private-cri.sh stop DIR           containerd, pods, mounts and the network namespace gone
@@ -17,6 +18,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${USERNSRS_CACHE:-/var/cache/usernsrs}
 CONTAINERD2_VERSION=${CONTAINERD2_VERSION:-v2.4.2}
 BIN2="$CACHE/containerd-$CONTAINERD2_VERSION/bin"
+BIN17="$CACHE/containerd-1.7/usr/bin"
 CRI_BIN="$CACHE/cri/bin"
 
 log() { printf '[private-cri] %s\n' "$*" >&2; }
@@ -24,10 +26,48 @@ die() { log "$*"; exit 1; }
 netns_of() { printf 'usernsrs-cri-%s' "$(basename "$1")"; }
 in_netns() { local dir=$1; shift; nsenter --net="/run/netns/$(netns_of "$dir")" "$@"; }
 
+# The CRI section of containerd 1.7's version-2 config.
+config_17() {
+  local dir=$1
+  cat <<TOML
+# Written by hack/private-cri.sh (containerd 1.7).
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+
+[grpc]
+  address = "$dir/containerd.sock"
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.10.2"
+    netns_mounts_under_state_dir = true
+    restrict_oom_score_adj = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "$dir/cni/bin"
+      conf_dir = "$dir/cni/conf"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      default_runtime_name = "usernsrs"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.usernsrs]
+      runtime_type = "io.containerd.usernsrs.v2"
+TOML
+}
+
 cmd_start() {
-  local dir; dir=$(realpath -m "$1")
-  [ -x "$BIN2/containerd" ] && [ -x "$CRI_BIN/crictl" ] ||
-    die "containerd $CONTAINERD2_VERSION or the CRI tools are missing: run hack/install-peers.sh"
+  local dir flavor=${2:-2} bin
+  dir=$(realpath -m "$1")
+  case $flavor in
+    2) bin=$BIN2 ;;
+    1.7) bin=$BIN17 ;;
+    *) die "unknown flavor $flavor: 2 or 1.7" ;;
+  esac
+  [ -x "$bin/containerd" ] && [ -x "$CRI_BIN/crictl" ] ||
+    die "containerd $flavor or the CRI tools are missing: run hack/install-peers.sh"
   [ -n "${USERNSRS_SHIM:-}" ] || die "USERNSRS_SHIM must name the shim binary"
   mkdir -p "$dir"/{bin,root,state,tmp,s,cni/conf,cni/bin,cni/ipam,pod-logs}
   chmod 0700 "$dir/s"
@@ -45,6 +85,9 @@ cmd_start() {
 CNI
   # restrict_oom_score_adj: this machine's root lacks CAP_SYS_RESOURCE, so the pause
   # container's -998 could not be written; containerd clamps it to what is allowed.
+  if [ "$flavor" = 1.7 ]; then
+    config_17 "$dir" > "$dir/config.toml"
+  else
   cat > "$dir/config.toml" <<TOML
 # Written by hack/private-cri.sh.
 version = 3
@@ -77,16 +120,17 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
 TOML
-  printf '2\n' > "$dir/flavor"
+  fi
+  printf '%s\n' "$flavor" > "$dir/flavor"
   [ -e /run/containerd ] || touch "$dir/created-run-containerd"
-  PATH="$dir/bin:$BIN2:/usr/sbin:/usr/bin:/sbin:/bin" \
-    in_netns "$dir" "$BIN2/containerd" --config "$dir/config.toml" \
+  PATH="$dir/bin:$bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    in_netns "$dir" "$bin/containerd" --config "$dir/config.toml" \
     </dev/null >>"$dir/containerd.log" 2>&1 &
   printf '%s\n' "$!" > "$dir/containerd.pid"
   local i
   for ((i = 0; i < 200; i++)); do
-    if "$BIN2/ctr" --address "$dir/containerd.sock" version >/dev/null 2>&1; then
-      local ctr=("$BIN2/ctr" --address "$dir/containerd.sock" -n k8s.io)
+    if "$bin/ctr" --address "$dir/containerd.sock" version >/dev/null 2>&1; then
+      local ctr=("$bin/ctr" --address "$dir/containerd.sock" -n k8s.io)
       "${ctr[@]}" images import "$(bash "$HERE/build-pause-image.sh")" >/dev/null
       "${ctr[@]}" images import "$(bash "$HERE/build-images.sh")" >/dev/null
       printf 'CONTAINERD_ADDRESS=%s\nNETNS=%s\nCRICTL=%s\n' "$dir/containerd.sock" "$ns" "$CRI_BIN/crictl"
@@ -125,7 +169,7 @@ cmd_stop() {
 }
 
 case "${1:-}" in
-  start) [ $# -eq 2 ] || die "usage: $0 start DIR"; cmd_start "$2" ;;
+  start) [ $# -ge 2 ] || die "usage: $0 start DIR [2|1.7]"; cmd_start "$2" "${3:-2}" ;;
   crictl) shift; cmd_crictl "$@" ;;
   critest) shift; cmd_critest "$@" ;;
   stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; cmd_stop "$2" ;;

@@ -32,6 +32,11 @@ struct Cri {
 
 impl Cri {
     fn start() -> Result<Self> {
+        Self::start_flavor("2")
+    }
+
+    /// `flavor`: "2" (containerd v2.4.2) or "1.7" (Debian trixie's 1.7.24).
+    fn start_flavor(flavor: &str) -> Result<Self> {
         require_root()?;
         let shim = shim_binary()?;
         let dir = tempfile::Builder::new()
@@ -45,6 +50,7 @@ impl Cri {
             .arg(workspace_root().join("hack/private-cri.sh"))
             .arg("start")
             .arg(dir.path())
+            .arg(flavor)
             .env("USERNSRS_SHIM", &shim)
             .output()?;
         let cri = Cri { dir };
@@ -368,6 +374,45 @@ fn refuses_pods_with_several_mappings_or_root_unmapped() -> Result<()> {
     ensure!(
         cri.shims().is_empty(),
         "refused pods left shims: {:?}",
+        cri.shims()
+    );
+    Ok(())
+}
+
+/// containerd 1.7 (Kubernetes 1.25/1.26 semantics: the mappings come in the spec and containerd
+/// chowns a copy of the snapshot itself) keeps working with the same shim and handler.
+#[test]
+fn containerd17_pod_with_user_namespace() -> Result<()> {
+    let cri = Cri::start_flavor("1.7")?;
+    let (pod, pod_config) = cri.run_pod("userns17", Some(&userns(200000, 65536)))?;
+    let c = cri.run_container(
+        &pod,
+        &pod_config,
+        "main",
+        "cat /proc/self/uid_map; stat -c %u:%g /data/root-file /data/app-file; echo ready; sleep 1000",
+        json!({}),
+    )?;
+    let log = cri.logs_with(&c, "ready")?;
+    let out: Vec<String> = lines(&log)
+        .into_iter()
+        .filter(|l| !l.starts_with("time="))
+        .collect();
+    assert_eq!(
+        out,
+        ["0 200000 65536", "0:0", "1000:1000", "ready"],
+        "containerd 1.7 pod:\n{log}"
+    );
+    let exec = cri.crictl_ok(&["exec", &c, "cat", "/proc/self/uid_map"])?;
+    assert_eq!(lines(&exec), ["0 200000 65536"]);
+    cri.crictl_ok(&["stopp", &pod])?;
+    cri.crictl_ok(&["rmp", &pod])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cri.shims().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        cri.shims().is_empty(),
+        "the pod's shim outlived the pod: {:?}",
         cri.shims()
     );
     Ok(())
