@@ -9,6 +9,8 @@
 #                                     containerd v2.4.2; 1.7: Debian trixie's 1.7.24)
 #   private-cri.sh crictl DIR ARGS... crictl against it, inside its network namespace
 #   private-cri.sh critest DIR ARGS.. critest against it, inside its network namespace
+#   private-cri.sh registry DIR       a registry on the namespace's 127.0.0.1:5000 serving the
+#                                     local images under the names critest pulls
 #   private-cri.sh stop DIR           containerd, pods, mounts and the network namespace gone
 #
 # $USERNSRS_SHIM is linked into DIR/bin as containerd-shim-usernsrs-v2.
@@ -69,7 +71,14 @@ cmd_start() {
   [ -x "$bin/containerd" ] && [ -x "$CRI_BIN/crictl" ] ||
     die "containerd $flavor or the CRI tools are missing: run hack/install-peers.sh"
   [ -n "${USERNSRS_SHIM:-}" ] || die "USERNSRS_SHIM must name the shim binary"
-  mkdir -p "$dir"/{bin,root,state,tmp,s,cni/conf,cni/bin,cni/ipam,pod-logs}
+  mkdir -p "$dir"/{bin,root,state,tmp,s,cni/conf,cni/bin,cni/ipam,pod-logs,certs.d/_default}
+  # Every pull goes to the namespace's own loopback registry (cmd_registry); the namespace has
+  # no route out either, so nothing else is ever reached.
+  cat > "$dir/certs.d/_default/hosts.toml" <<HOSTS
+server = "http://127.0.0.1:5000"
+[host."http://127.0.0.1:5000"]
+  capabilities = ["pull", "resolve"]
+HOSTS
   chmod 0700 "$dir/s"
   ln -sfn "$(realpath -e "$USERNSRS_SHIM")" "$dir/bin/containerd-shim-usernsrs-v2"
   cp "$CRI_BIN"/{bridge,host-local,loopback} "$dir/cni/bin/"
@@ -108,6 +117,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
     socket_dir = "$dir/s"
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "registry.k8s.io/pause:3.10.2"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "$dir/certs.d"
   [plugins."io.containerd.cri.v1.runtime"]
     netns_mounts_under_state_dir = true
     restrict_oom_score_adj = true
@@ -156,6 +167,42 @@ cmd_critest() {
     --image-endpoint "unix://$dir/containerd.sock" "$@"
 }
 
+# The images critest pulls, served from the local ones.
+CRITEST_IMAGES=(registry.k8s.io/e2e-test-images/busybox:1.29-2 registry.k8s.io/e2e-test-images/busybox:1.36.1-1)
+
+cmd_registry() {
+  local dir; dir=$(realpath -m "$1")
+  [ -x "$CRI_BIN/registry" ] || die "the registry is missing: run hack/install-peers.sh"
+  mkdir -p "$dir/registry"
+  cat > "$dir/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/registry
+http:
+  addr: 127.0.0.1:5000
+YML
+  in_netns "$dir" "$CRI_BIN/registry" serve "$dir/registry.yml" </dev/null >>"$dir/registry.log" 2>&1 &
+  printf '%s\n' "$!" > "$dir/registry.pid"
+  local bin flavor; flavor=$(cat "$dir/flavor")
+  bin=$BIN2; [ "$flavor" = 1.7 ] && bin=$BIN17
+  local ctr=("$bin/ctr" --address "$dir/containerd.sock" -n k8s.io)
+  local i image
+  for ((i = 0; i < 100; i++)); do
+    in_netns "$dir" bash -c 'exec 3<>/dev/tcp/127.0.0.1/5000' 2>/dev/null && break
+    sleep 0.1
+  done
+  for image in "${CRITEST_IMAGES[@]}"; do
+    local local_ref=127.0.0.1:5000/${image#*/}
+    "${ctr[@]}" images tag --force docker.io/library/busybox:usernsrs "$local_ref" >/dev/null
+    in_netns "$dir" "${ctr[@]}" images push --plain-http "$local_ref" >/dev/null
+    "${ctr[@]}" images rm "$local_ref" >/dev/null
+  done
+  log "registry on 127.0.0.1:5000 in $(netns_of "$dir") serves ${CRITEST_IMAGES[*]}"
+}
+
 cmd_stop() {
   local dir; dir=$(realpath -m "$1")
   # Pods first, while containerd answers: their network teardown runs the CNI plugins.
@@ -163,6 +210,10 @@ cmd_stop() {
     cmd_crictl "$dir" rmp --all --force >/dev/null 2>&1 || true
   fi
   local status=0
+  if [ -f "$dir/registry.pid" ]; then
+    kill "$(cat "$dir/registry.pid")" 2>/dev/null || true
+    rm -f "$dir/registry.pid"
+  fi
   bash "$HERE/private-containerd.sh" stop "$dir" || status=$?
   ip netns del "$(netns_of "$dir")" 2>/dev/null || true
   return $status
@@ -172,6 +223,7 @@ case "${1:-}" in
   start) [ $# -ge 2 ] || die "usage: $0 start DIR [2|1.7]"; cmd_start "$2" "${3:-2}" ;;
   crictl) shift; cmd_crictl "$@" ;;
   critest) shift; cmd_critest "$@" ;;
+  registry) [ $# -eq 2 ] || die "usage: $0 registry DIR"; cmd_registry "$2" ;;
   stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; cmd_stop "$2" ;;
   *) die "usage: $0 start DIR | crictl DIR ARGS... | critest DIR ARGS... | stop DIR" ;;
 esac

@@ -417,3 +417,86 @@ fn containerd17_pod_with_user_namespace() -> Result<()> {
     );
     Ok(())
 }
+
+/// What of critest does not apply here, and why. Each entry is a regex on the spec name.
+const CRITEST_NOT_APPLICABLE: [(&str, &str); 8] = [
+    ("Image Manager|Image Consistency|Image Identifier Consistency|Image Volume",
+     "pull test images from gcr.io/k8s-staging-cri-tools and registry.k8s.io, which are not reachable; only busybox is served locally"),
+    ("Multiple Containers|port mapping|portforward",
+     "need the nginx and httpd images"),
+    ("HostPID|HostIpc|PodPID|ContainerPID", "need the nginx image or ipcs, which Debian's busybox lacks"),
+    ("SeccompProfilePath", "seccomp profiles are refused by this shim until it applies them"),
+    ("NoNewPrivs", "needs the nonewprivs image"),
+    ("SupplementalGroupsPolicy", "needs the test-image-predefined-group image"),
+    ("MaskedPaths", "Debian's busybox sh runs ls as a built-in applet, so masking /bin/ls cannot show"),
+    ("execSync with timeout", "runs pgrep, which Debian's busybox lacks"),
+];
+
+fn critest(cri: &Cri, args: &[&str]) -> Result<String> {
+    let out = Command::new("bash")
+        .arg(workspace_root().join("hack/private-cri.sh"))
+        .arg("critest")
+        .arg(cri.dir())
+        .args(["--runtime-handler", HANDLER, "--ginkgo.no-color"])
+        .args(args)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "critest {args:?} failed:\n{}",
+        &text[text.len().saturating_sub(20_000)..]
+    );
+    Ok(text)
+}
+
+fn registry(cri: &Cri) -> Result<()> {
+    let out = Command::new("bash")
+        .arg(workspace_root().join("hack/private-cri.sh"))
+        .arg("registry")
+        .arg(cri.dir())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "the local registry did not start:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// critest's "UserNamespaces" group: the handler reports user namespaces, POD mode shows exactly
+/// the mapping, and more than one mapping, an unmapped container id 0, CONTAINER and TARGET
+/// modes are refused.
+#[test]
+fn critest_user_namespaces_group_passes() -> Result<()> {
+    let cri = Cri::start()?;
+    registry(&cri)?;
+    let text = critest(&cri, &["--ginkgo.focus", "UserNamespaces"])?;
+    ensure!(
+        text.contains("SUCCESS! -- 6 Passed | 0 Failed"),
+        "expected the 6 user namespace specs to pass:\n{text}"
+    );
+    Ok(())
+}
+
+/// The rest of critest, less what cannot apply here (listed with the reason in
+/// CRITEST_NOT_APPLICABLE): pods, containers, exec, attach, logs, stats, security contexts.
+#[test]
+fn critest_conformance_passes_except_what_cannot_apply() -> Result<()> {
+    let cri = Cri::start()?;
+    registry(&cri)?;
+    let skip: Vec<&str> = CRITEST_NOT_APPLICABLE.iter().map(|(re, _)| *re).collect();
+    let skip = format!("UserNamespaces|{}", skip.join("|"));
+    let text = critest(&cri, &["--ginkgo.skip", &skip])?;
+    let summary = text
+        .lines()
+        .find(|l| l.contains("Passed |"))
+        .unwrap_or_default()
+        .to_string();
+    ensure!(summary.contains("| 0 Failed"), "critest: {summary}");
+    eprintln!("critest: {summary}");
+    Ok(())
+}

@@ -32,6 +32,13 @@ fn to_v1(u: &Usage) -> v1::Metrics {
                 ..Default::default()
             })
             .into(),
+            throttling: Some(v1::Throttle {
+                periods: u.cpu_periods,
+                throttled_periods: u.cpu_throttled_periods,
+                throttled_time: u.cpu_throttled_ns,
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         })
         .into(),
@@ -64,6 +71,17 @@ fn to_v1(u: &Usage) -> v1::Metrics {
                 ..Default::default()
             })
             .into(),
+            kernel: Some(v1::MemoryEntry {
+                usage: u.memory_kernel_usage,
+                ..Default::default()
+            })
+            .into(),
+            swap: Some(v1::MemoryEntry {
+                usage: u.memory_swap_usage,
+                limit: u.memory_swap_limit,
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         })
         .into(),
@@ -89,6 +107,9 @@ fn to_v2(u: &Usage) -> v2::Metrics {
             usage_usec: u.cpu_total_ns / 1000,
             user_usec: u.cpu_user_ns / 1000,
             system_usec: u.cpu_kernel_ns / 1000,
+            nr_periods: u.cpu_periods,
+            nr_throttled: u.cpu_throttled_periods,
+            throttled_usec: u.cpu_throttled_ns / 1000,
             ..Default::default()
         })
         .into(),
@@ -103,6 +124,7 @@ fn to_v2(u: &Usage) -> v2::Metrics {
             usage: u.memory_usage,
             usage_limit: u.memory_limit,
             max_usage: u.memory_max_usage,
+            swap_usage: u.memory_swap_usage,
             ..Default::default()
         })
         .into(),

@@ -43,6 +43,12 @@ pub struct Usage {
     pub pids_current: u64,
     pub pids_limit: u64,
     pub oom_kills: u64,
+    pub cpu_periods: u64,
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_ns: u64,
+    pub memory_kernel_usage: u64,
+    pub memory_swap_usage: u64,
+    pub memory_swap_limit: u64,
 }
 
 /// The resource limits the shim applies (from `linux.resources` or an Update).
@@ -468,6 +474,23 @@ impl Cgroup {
                 .find(|(k, _)| k == "oom_kill")
                 .map_or(0, |(_, v)| v);
         }
+        if let Some(mem) = self.v1_dir("memory") {
+            u.memory_kernel_usage = read_u64(&mem.join("memory.kmem.usage_in_bytes"));
+            u.memory_swap_usage = read_u64(&mem.join("memory.memsw.usage_in_bytes"));
+            u.memory_swap_limit = read_u64(&mem.join("memory.memsw.limit_in_bytes"));
+        } else if let Some(dir) = &self.unified {
+            u.memory_swap_usage = read_u64(&dir.join("memory.swap.current"));
+        }
+        let cpu_stat = self
+            .v1_dir("cpu")
+            .map(|d| read_keyed(&d.join("cpu.stat")))
+            .or_else(|| self.unified.as_ref().map(|d| read_keyed(&d.join("cpu.stat"))))
+            .unwrap_or_default();
+        let get = |k: &str| cpu_stat.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
+        u.cpu_periods = get("nr_periods");
+        u.cpu_throttled_periods = get("nr_throttled");
+        // v1 counts nanoseconds, v2 microseconds.
+        u.cpu_throttled_ns = get("throttled_time").max(get("throttled_usec") * 1000);
         if let Some(acct) = self.v1_dir("cpuacct") {
             u.cpu_total_ns = read_u64(&acct.join("cpuacct.usage"));
             u.cpu_user_ns = read_u64(&acct.join("cpuacct.usage_user"));

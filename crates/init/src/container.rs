@@ -196,7 +196,12 @@ fn setup(
     sys_mount(None, Path::new("/"), None, propagation, None)
         .map_err(mount_err("propagation of /", Path::new("/")))?;
 
-    // Step 2.
+    // Step 2. pivot_root refuses a new root, or a parent of it, with shared propagation
+    // (rootfsPropagation "rshared", which CRI asks for with Bidirectional volumes): the mount
+    // holding the rootfs is made private first, then the bind of it is private too.
+    let holder = mount_point_of(root)?;
+    sys_mount(None, &holder, None, mflags::PRIVATE, None)
+        .map_err(mount_err("private propagation of the rootfs mount", &holder))?;
     sys_mount(Some(root), root, None, mflags::BIND | mflags::REC, None)
         .map_err(mount_err("rootfs onto itself", root))?;
 
@@ -224,6 +229,10 @@ fn setup(
     pivot_root(".", ".").map_err(InitError::sys("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(InitError::sys("detach the old root"))?;
     chdir("/").map_err(InitError::sys("chdir /"))?;
+    if linux.rootfs_propagation().is_some() {
+        sys_mount(None, Path::new("/"), None, propagation, None)
+            .map_err(mount_err("rootfsPropagation of /", Path::new("/")))?;
+    }
 
     // Sysctls, while /proc/sys is still writable (step 5 makes it read-only).
     for (key, value) in linux.sysctl().iter().flatten() {
@@ -384,6 +393,19 @@ pub(crate) fn become_process(process: &Process) -> Result<ExecArgs, InitError> {
     )))?;
 
     exec_target(process)
+}
+
+/// The mount point of the mount that holds `path` (the longest mount point above it).
+fn mount_point_of(path: &Path) -> Result<PathBuf, InitError> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(InitError::io("read /proc/self/mountinfo"))?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| path.starts_with(p))
+        .max_by_key(|p| p.components().count())
+        .unwrap_or_else(|| PathBuf::from("/")))
 }
 
 fn to_caps(set: &oci_spec::runtime::Capabilities) -> Result<caps::CapsHashSet, InitError> {
