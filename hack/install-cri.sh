@@ -4,13 +4,16 @@
 #   - crictl and critest from sigs.k8s.io/cri-tools (critest has only test files: it is
 #     built with `go test -c` from a scratch module that requires cri-tools);
 #   - the CNI plugins bridge, host-local and loopback from containernetworking/plugins (the
-#     pods' network lives in a network namespace the tests create, never the host's).
+#     pods' network lives in a network namespace the tests create, never the host's);
+#   - distribution's registry, which serves the local test images to critest on the test
+#     network namespace's 127.0.0.1.
 # Idempotent. Called by hack/install-peers.sh.
 set -euo pipefail
 
 CACHE=${USERNSRS_CACHE:-/var/cache/usernsrs}
 CRI_TOOLS_VERSION=${CRI_TOOLS_VERSION:-v1.37.0}
 CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-v1.9.1}
+REGISTRY_VERSION=${REGISTRY_VERSION:-v3.0.0}
 BIN="$CACHE/cri/bin"
 log() { printf '[install-cri] %s\n' "$*" >&2; }
 
@@ -26,6 +29,10 @@ for plugin in main/bridge ipam/host-local main/loopback; do
     GOBIN="$BIN" go install "github.com/containernetworking/plugins/plugins/$plugin@$CNI_PLUGINS_VERSION"
   fi
 done
+if [ ! -x "$BIN/registry" ]; then
+  log "building the registry $REGISTRY_VERSION"
+  GOBIN="$BIN" go install "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+fi
 if [ ! -x "$BIN/critest" ]; then
   log "building critest $CRI_TOOLS_VERSION (go test -c, a few minutes)"
   mod="$CACHE/cri/critest-mod"
