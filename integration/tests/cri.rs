@@ -500,3 +500,38 @@ fn critest_conformance_passes_except_what_cannot_apply() -> Result<()> {
     eprintln!("critest: {summary}");
     Ok(())
 }
+
+/// A hostNetwork pod with a user namespace works: the kernel refuses a new sysfs there (the
+/// network namespace is not the user namespace's), and the host's is bound read-only instead,
+/// as containerd does for runc.
+#[test]
+fn host_network_pod_with_user_namespace() -> Result<()> {
+    let cri = Cri::start()?;
+    let mut config = cri.pod_config("hostnet", Some(&userns(200000, 65536)));
+    config["linux"]["security_context"]["namespace_options"]["network"] = json!(2);
+    let pod_config = cri.write_json("pod-hostnet.json", &config)?;
+    let pod = cri.crictl_ok(&["runp", "--runtime", HANDLER, &pod_config.to_string_lossy()])?;
+    let c = cri.run_container(
+        &pod,
+        &pod_config,
+        "main",
+        "cat /proc/self/uid_map; ls /sys/class/net | grep -c . ; \
+         if touch /sys/x 2>/dev/null; then echo sys-writable; else echo sys-read-only; fi; echo ready; sleep 1000",
+        json!({}),
+    )?;
+    let log = cri.logs_with(&c, "ready")?;
+    let out: Vec<String> = lines(&log)
+        .into_iter()
+        .filter(|l| !l.starts_with("time="))
+        .collect();
+    ensure!(out.len() == 4, "unexpected output:\n{log}");
+    assert_eq!(out[0], "0 200000 65536");
+    ensure!(
+        out[1].parse::<u32>().is_ok_and(|n| n >= 1),
+        "no network device seen in /sys:\n{log}"
+    );
+    assert_eq!(out[2], "sys-read-only");
+    cri.crictl_ok(&["stopp", &pod])?;
+    cri.crictl_ok(&["rmp", &pod])?;
+    Ok(())
+}

@@ -477,13 +477,25 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
     // SAFETY: CONTROL_FD is open in this forked copy and nothing here uses it.
     unsafe { libc::close(CONTROL_FD) };
     let result = (|chan: &mut Channel| -> Result<(), InitError> {
-        // Every namespace given by path is opened now, as host root: once in the container's
-        // user namespace, paths under containerd's 0700 state directory are out of reach.
-        let mut joined = Vec::new();
+        // Namespaces given by path are joined now, as host root: host root may join any of
+        // them, while from inside the container's user namespace neither a path under
+        // containerd's 0700 state directory nor a namespace of the host (a hostNetwork pod's
+        // UTS namespace) is within reach. The cgroup namespace is only opened: C2 joins it
+        // once it is in its cgroup. The new namespaces are made after the user namespace, so
+        // that it owns them.
+        let mut cgroup_ns = None;
         for ns in &plan.namespaces {
-            if let Some(path) = &ns.path {
-                joined.push((ns.kind, path, open_fd(&path.to_string_lossy())?));
+            let Some(path) = &ns.path else { continue };
+            let fd = open_fd(&path.to_string_lossy())?;
+            if ns.kind == NamespaceKind::Cgroup {
+                cgroup_ns = Some(fd);
+                continue;
             }
+            setns(fd.as_fd(), clone_flag(ns.kind)).map_err(InitError::sys(format!(
+                "join {:?} namespace {}",
+                ns.kind,
+                path.display()
+            )))?;
         }
         match &plan.user_namespace {
             UserNamespace::Host => {}
@@ -507,19 +519,6 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
             setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(
                 InitError::sys("become uid 0 in the user namespace (is container uid 0 mapped?)"),
             )?;
-        }
-        // The cgroup namespace is joined or made by C2 once it is in its cgroup, so that the
-        // namespace's root is the container's cgroup.
-        let mut cgroup_ns = None;
-        for (kind, path, fd) in joined {
-            if kind == NamespaceKind::Cgroup {
-                cgroup_ns = Some(fd);
-                continue;
-            }
-            setns(fd.as_fd(), clone_flag(kind)).map_err(InitError::sys(format!(
-                "join {kind:?} namespace {}",
-                path.display()
-            )))?;
         }
         let new = plan
             .namespaces
