@@ -484,7 +484,11 @@ impl Cgroup {
         let cpu_stat = self
             .v1_dir("cpu")
             .map(|d| read_keyed(&d.join("cpu.stat")))
-            .or_else(|| self.unified.as_ref().map(|d| read_keyed(&d.join("cpu.stat"))))
+            .or_else(|| {
+                self.unified
+                    .as_ref()
+                    .map(|d| read_keyed(&d.join("cpu.stat")))
+            })
             .unwrap_or_default();
         let get = |k: &str| cpu_stat.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
         u.cpu_periods = get("nr_periods");
