@@ -200,8 +200,10 @@ fn setup(
     // (rootfsPropagation "rshared", which CRI asks for with Bidirectional volumes): the mount
     // holding the rootfs is made private first, then the bind of it is private too.
     let holder = mount_point_of(root)?;
-    sys_mount(None, &holder, None, mflags::PRIVATE, None)
-        .map_err(mount_err("private propagation of the rootfs mount", &holder))?;
+    sys_mount(None, &holder, None, mflags::PRIVATE, None).map_err(mount_err(
+        "private propagation of the rootfs mount",
+        &holder,
+    ))?;
     sys_mount(Some(root), root, None, mflags::BIND | mflags::REC, None)
         .map_err(mount_err("rootfs onto itself", root))?;
 
