@@ -261,7 +261,7 @@ impl Process {
         let (mut io, child_fds) = if terminal {
             ProcessIo::for_terminal()
         } else {
-            ProcessIo::open(&stdio, io_owner, &ctx)
+            ProcessIo::open(&stdio, io_owner, &ctx).await
         }
         .map_err(ShimError::internal(format!("open stdio of {what}")))?;
         let since = reaper.mark();

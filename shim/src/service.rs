@@ -39,6 +39,8 @@ const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Service {
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
     creating: Arc<Mutex<HashSet<String>>>,
+    /// Containers being created that containerd already sent Delete for.
+    abandoned: Mutex<HashSet<String>>,
     reaper: Reaper,
     events: EventQueue,
     shutdown: Arc<Notify>,
@@ -56,6 +58,7 @@ impl Service {
         Self {
             containers: Arc::default(),
             creating: Arc::default(),
+            abandoned: Mutex::default(),
             reaper,
             events,
             shutdown,
@@ -96,6 +99,23 @@ impl Service {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        let abandoned = self
+            .abandoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let result = match result {
+            // containerd gave up on this Create (it sent Delete meanwhile): undo it rather than
+            // keep a container nobody will ever delete.
+            Ok(container) if abandoned => {
+                log::info!("{id}: created after containerd gave up on it: removing it");
+                let _ = container.delete(&self.events).await;
+                Err(ShimError::FailedPrecondition(format!(
+                    "container {id}: deleted while it was being created"
+                )))
+            }
+            other => other,
+        };
         if result.is_err() {
             self.exit_if_idle();
         }
@@ -214,6 +234,15 @@ impl Service {
     }
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        if req.exec_id.is_empty() {
+            let creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            if creating.contains(&req.id) {
+                self.abandoned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(req.id.clone());
+            }
+        }
         let c = self.get(&req.id)?;
         let (pid, exit) = if req.exec_id.is_empty() {
             let exit = c.delete(&self.events).await?;

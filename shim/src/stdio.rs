@@ -131,6 +131,9 @@ fn parse_sink(uri: &str) -> io::Result<Sink> {
     Ok(Sink::Fifo(PathBuf::from(uri)))
 }
 
+/// How long a `binary://` logger may take to say it is ready.
+const LOGGER_READY_LIMIT: Duration = Duration::from_secs(60);
+
 /// Who the logger is logging for.
 pub struct LogContext<'a> {
     pub container_id: &'a str,
@@ -139,7 +142,7 @@ pub struct LogContext<'a> {
 
 /// Starts a `binary://` logger on the read ends of the process's output pipes and waits until
 /// it says it is ready (closes fd 5).
-fn start_logger(
+async fn start_logger(
     path: &Path,
     args: &[String],
     ctx: &LogContext<'_>,
@@ -186,19 +189,31 @@ fn start_logger(
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("start logger {}: {e}", path.display())))?;
     drop((out, err, ready_w));
+    // Waited for asynchronously: the server answers every other RPC meanwhile.
+    let mut ready = pipe::Receiver::from_owned_fd(ready_r)?;
     let mut buf = [0u8; 1];
-    let mut ready = std::fs::File::from(ready_r);
-    std::io::Read::read(&mut ready, &mut buf).map_err(|e| {
+    let waited = tokio::time::timeout(
+        LOGGER_READY_LIMIT,
+        tokio::io::AsyncReadExt::read(&mut ready, &mut buf),
+    )
+    .await;
+    let never = |why: String| {
         io::Error::new(
-            e.kind(),
+            io::ErrorKind::TimedOut,
             format!(
-                "logger {} (pid {}) never got ready: {e}",
+                "logger {} (pid {}) never got ready: {why}",
                 path.display(),
                 child.id()
             ),
         )
-    })?;
-    Ok(())
+    };
+    match waited {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(never(e.to_string())),
+        Err(_) => Err(never(format!(
+            "it did not close fd 5 within {LOGGER_READY_LIMIT:?}"
+        ))),
+    }
 }
 
 impl ProcessIo {
@@ -206,7 +221,7 @@ impl ProcessIo {
     /// given to `owner` (the host ids of the process's user), so that a non-root process in a
     /// user namespace can reopen `/dev/stdout` and `/dev/stderr` (containerd issue 10598);
     /// /dev/null is never chowned.
-    pub fn open(
+    pub async fn open(
         paths: &StdioPaths,
         owner: Option<(u32, u32)>,
         ctx: &LogContext<'_>,
@@ -226,7 +241,7 @@ impl ProcessIo {
             (Sink::Binary { path, args }, _) => {
                 let (out_r, out_w) = cloexec_pipe()?;
                 let (err_r, err_w) = cloexec_pipe()?;
-                start_logger(&path, &args, ctx, out_r, err_r)?;
+                start_logger(&path, &args, ctx, out_r, err_r).await?;
                 (out_w, err_w)
             }
             (out, err) => (io.output(out)?, io.output(err)?),
