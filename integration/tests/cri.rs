@@ -419,13 +419,12 @@ fn containerd17_pod_with_user_namespace() -> Result<()> {
 }
 
 /// What of critest does not apply here, and why. Each entry is a regex on the spec name.
-const CRITEST_NOT_APPLICABLE: [(&str, &str); 8] = [
+const CRITEST_NOT_APPLICABLE: [(&str, &str); 7] = [
     ("Image Manager|Image Consistency|Image Identifier Consistency|Image Volume",
      "pull test images from gcr.io/k8s-staging-cri-tools and registry.k8s.io, which are not reachable; only busybox is served locally"),
     ("Multiple Containers|port mapping|portforward",
      "need the nginx and httpd images"),
     ("HostPID|HostIpc|PodPID|ContainerPID", "need the nginx image or ipcs, which Debian's busybox lacks"),
-    ("SeccompProfilePath", "seccomp profiles are refused by this shim until it applies them"),
     ("NoNewPrivs", "needs the nonewprivs image"),
     ("SupplementalGroupsPolicy", "needs the test-image-predefined-group image"),
     ("MaskedPaths", "Debian's busybox sh runs ls as a built-in applet, so masking /bin/ls cannot show"),
@@ -483,7 +482,8 @@ fn critest_user_namespaces_group_passes() -> Result<()> {
 }
 
 /// The rest of critest, less what cannot apply here (listed with the reason in
-/// CRITEST_NOT_APPLICABLE): pods, containers, exec, attach, logs, stats, security contexts.
+/// CRITEST_NOT_APPLICABLE): pods, containers, exec, attach, logs, stats, security contexts,
+/// seccomp profiles.
 #[test]
 fn critest_conformance_passes_except_what_cannot_apply() -> Result<()> {
     let cri = Cri::start()?;

@@ -228,17 +228,6 @@ fn check_unsupported(spec: &Spec) -> Result<(), PlanError> {
                 .into(),
         });
     }
-    if spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-        .is_some()
-    {
-        return Err(PlanError::Unsupported {
-            field: "linux.seccomp",
-            reason: "seccomp profiles are not applied yet, and running without the requested filter would be silent degradation".into(),
-        });
-    }
     Ok(())
 }
 

@@ -160,12 +160,13 @@ pub fn start(flags: &Flags) -> anyhow::Result<()> {
     let address = opts.socket_address(&grouping(&bundle, &flags.id));
     let path = socket_path(&address).to_string();
 
+    // The address file first: if it cannot be written, no server is left behind.
+    std::fs::write(bundle.join("address"), &address).context("write address file")?;
     let served = std::os::unix::net::UnixStream::connect(&path).is_ok();
     if !served {
         let _ = std::fs::remove_file(&path);
         spawn_server(&opts, &bundle, &address)?;
     }
-    std::fs::write(bundle.join("address"), &address).context("write address file")?;
 
     let mut out = std::io::stdout();
     if params.is_some() {

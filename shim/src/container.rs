@@ -64,6 +64,8 @@ pub struct Container {
     /// The cgroup, when this container created it (and so empties and removes it).
     owned_cgroup: Option<Cgroup>,
     mapping: Option<UserMapping>,
+    /// The container's seccomp profile, applied to exec'd processes too.
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     execs: Execs,
 }
 
@@ -87,6 +89,7 @@ impl Container {
         let bundle = plan.bundle.clone();
         let cgroups_path = plan.cgroups_path.clone();
         let mapping = plan.user_namespace.mapping().cloned();
+        let seccomp = plan.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let own_pid_ns = plan
             .namespaces
             .iter()
@@ -168,6 +171,7 @@ impl Container {
             cgroup,
             owned_cgroup,
             mapping,
+            seccomp,
             execs,
         }))
     }
@@ -315,6 +319,7 @@ impl Container {
             init_pid: self.init.pid,
             process: spec,
             cgroups_path: self.cgroups_path.clone(),
+            seccomp: self.seccomp.clone(),
         }));
         let (io_owner, terminal) = match &request {
             HelperRequest::Exec(plan) => (

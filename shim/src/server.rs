@@ -15,6 +15,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 const TASK_V2: &str = "containerd.task.v2.Task";
+/// How long a new server waits for its first Create.
+const FIRST_CREATE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 const TASK_V3: &str = "containerd.task.v3.Task";
 
 /// Tells `start` (reading our stdout) that the socket is listening: stdout is replaced by
@@ -76,13 +78,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let mut server = Server::new()
         .add_listener(Listener::try_from(listener).context("ttrpc listener")?)
         .register_service(std::collections::HashMap::from([(TASK_V3.to_string(), v3)]));
-    let mut legacy = create_task(service);
+    let mut legacy = create_task(service.clone());
     if let Some(v2) = legacy.remove(TASK_V3) {
         server =
             server.register_service(std::collections::HashMap::from([(TASK_V2.to_string(), v2)]));
     }
     server.start().await.context("start ttrpc server")?;
     signal_started();
+    // A server that containerd never sends a Create (containerd failed right after `start`)
+    // must not stay forever.
+    service.exit_if_unused(FIRST_CREATE_LIMIT);
     log::info!("serving {} on {path}", flags.id);
 
     shutdown.notified().await;

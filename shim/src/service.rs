@@ -41,6 +41,8 @@ pub struct Service {
     creating: Arc<Mutex<HashSet<String>>>,
     /// Containers being created that containerd already sent Delete for.
     abandoned: Mutex<HashSet<String>>,
+    /// Whether any Create ever arrived.
+    used: Arc<std::sync::atomic::AtomicBool>,
     reaper: Reaper,
     events: EventQueue,
     shutdown: Arc<Notify>,
@@ -59,6 +61,7 @@ impl Service {
             containers: Arc::default(),
             creating: Arc::default(),
             abandoned: Mutex::default(),
+            used: Arc::default(),
             reaper,
             events,
             shutdown,
@@ -86,6 +89,7 @@ impl Service {
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("checkpoint restore"));
         }
+        self.used.store(true, std::sync::atomic::Ordering::SeqCst);
         {
             let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
             if self.map().contains_key(&id) || !creating.insert(id.clone()) {
@@ -158,6 +162,32 @@ impl Service {
     /// containerd 2.x does not send Shutdown to a server whose only Create failed: it hangs up
     /// and runs `delete`. A server left with nothing to serve exits after a grace period (a
     /// Create of the same group may still be on its way).
+    /// Exits after `limit` if no container was ever created or is being created by then.
+    pub fn exit_if_unused(&self, limit: std::time::Duration) {
+        let (containers, creating, used, shutdown) = (
+            self.containers.clone(),
+            self.creating.clone(),
+            self.used.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            let unused = !used.load(std::sync::atomic::Ordering::SeqCst)
+                && containers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                && creating
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+            if unused {
+                log::info!("no Create within {limit:?} of start: exiting");
+                shutdown.notify_one();
+            }
+        });
+    }
+
     fn exit_if_idle(&self) {
         let (containers, creating, shutdown) = (
             self.containers.clone(),

@@ -34,8 +34,14 @@ use usernsrs_sys::DetachedMount;
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// What `execve` gets: the program, argv and envp.
-pub(crate) type ExecArgs = (CString, Vec<CString>, Vec<CString>);
+/// What `execve` gets: the program, argv and envp; and the seccomp filters still to install
+/// right before it (a process with no_new_privs installs them last).
+pub(crate) type ExecArgs = (
+    CString,
+    Vec<CString>,
+    Vec<CString>,
+    Vec<seccompiler::BpfProgram>,
+);
 
 /// Entry point of C2. Never returns: it execs the container process or exits.
 pub(crate) fn run(
@@ -54,7 +60,7 @@ pub(crate) fn run(
 /// Step 8, shared by containers and exec'd processes: report ready (or the error), block until
 /// Start, keep only stdio, exec. Never returns.
 pub(crate) fn ready_then_exec(mut chan: Channel, prepared: Result<ExecArgs, InitError>) -> ! {
-    let (path, args, env) = match prepared {
+    let (path, args, env, late_seccomp) = match prepared {
         Ok(v) => v,
         Err(e) => {
             let _ = chan.send(&Sync::Error(error_chain(&e)));
@@ -85,6 +91,13 @@ pub(crate) fn ready_then_exec(mut chan: Channel, prepared: Result<ExecArgs, Init
         FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
     );
     close_fds_from(EXEC_STATUS_FD + 1);
+    if let Err(e) = crate::seccomp::install(&late_seccomp) {
+        // SAFETY: as above; EXEC_STATUS_FD is still ours.
+        let mut status = unsafe { fs::File::from_raw_fd(EXEC_STATUS_FD) };
+        let _ = status.write_all(error_chain(&e).as_bytes());
+        // SAFETY: as above.
+        unsafe { libc::_exit(127) }
+    }
     let err = nix::unistd::execve(&path, &args, &env).err();
     let msg = format!(
         "exec {:?}: {}",
@@ -268,7 +281,7 @@ fn setup(
     }
     let process = spec.process().as_ref().ok_or(fail("spec has no process"))?;
     open_console(process, chan)?;
-    become_process(process)
+    become_process(process, linux.seccomp().as_ref())
 }
 
 /// With `process.terminal`: a pty from the container's own devpts, its slave as the process's
@@ -329,10 +342,27 @@ pub(crate) fn open_console(process: &Process, chan: &mut Channel) -> Result<(), 
 
 /// Steps 6 (rlimits) and 7, shared with exec'd processes: the process's limits, groups, ids,
 /// capabilities, no_new_privs, umask and cwd; returns what to exec.
-pub(crate) fn become_process(process: &Process) -> Result<ExecArgs, InitError> {
+pub(crate) fn become_process(
+    process: &Process,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+) -> Result<ExecArgs, InitError> {
     for rl in process.rlimits().iter().flatten() {
         set_rlimit(rl)?;
     }
+    // seccomp needs no_new_privs or CAP_SYS_ADMIN: with no_new_privs the filters go on last,
+    // right before exec; without, now, while the process still has its capabilities (the
+    // profile must then allow the few syscalls that follow, as with runc).
+    let programs = seccomp
+        .map(crate::seccomp::compile)
+        .transpose()?
+        .unwrap_or_default();
+    let nnp = process.no_new_privileges() == Some(true);
+    let late_seccomp = if nnp {
+        programs
+    } else {
+        crate::seccomp::install(&programs)?;
+        Vec::new()
+    };
 
     // Step 7.
     let user = process.user();
@@ -394,7 +424,8 @@ pub(crate) fn become_process(process: &Process) -> Result<ExecArgs, InitError> {
         cwd.display()
     )))?;
 
-    exec_target(process)
+    let (path, args, env) = exec_target(process)?;
+    Ok((path, args, env, late_seccomp))
 }
 
 /// The mount point of the mount that holds `path` (the longest mount point above it).
@@ -854,7 +885,7 @@ fn readonly_path(p: &Path) -> Result<(), InitError> {
 
 /// The program to exec, its argv and envp. A bare name is looked up in the container's PATH now,
 /// so "not found" is a Create error, as with runc.
-fn exec_target(process: &Process) -> Result<ExecArgs, InitError> {
+fn exec_target(process: &Process) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
     let args = process.args().clone().unwrap_or_default();
     let env = process.env().clone().unwrap_or_default();
     let first = args.first().ok_or(fail("process.args is empty"))?;

@@ -141,7 +141,7 @@ fn stage_one(plan: &ExecPlan, namespaces: &[(CloneFlags, OwnedFd)], mut chan: Ch
                 let mut own = chan.try_clone()?;
                 let prepared = own_expect_proceed(&mut own)
                     .and_then(|()| open_console(&plan.process, &mut own))
-                    .and_then(|()| become_process(&plan.process));
+                    .and_then(|()| become_process(&plan.process, plan.seccomp.as_ref()));
                 ready_then_exec(own, prepared)
             }
             ForkResult::Parent { child } => chan.send(&Sync::Pid(child.as_raw())),

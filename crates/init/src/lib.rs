@@ -12,6 +12,7 @@ pub mod create;
 mod exec;
 pub mod fallback;
 pub mod proto;
+mod seccomp;
 
 use std::path::{Path, PathBuf};
 

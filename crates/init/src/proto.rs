@@ -34,6 +34,8 @@ pub struct ExecPlan {
     pub init_pid: i32,
     pub process: oci_spec::runtime::Process,
     pub cgroups_path: Option<String>,
+    /// The container's seccomp profile, which exec'd processes get too.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// The helper's answer to the shim.
