@@ -56,7 +56,7 @@ const RANGE: u32 = 65536;
 const UID_MAP_LINE: &str = "0 100000 65536";
 
 /// Soak cycles (raise it for a longer run); every `SOAK_FAIL_EVERY`th one fails on purpose.
-const SOAK_CYCLES: usize = 200;
+const SOAK_CYCLES: usize = 1000;
 const SOAK_FAIL_EVERY: usize = 10;
 
 /// Small files added to the ramfs rootfs to measure what the chown fallback costs per entry.
