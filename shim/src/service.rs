@@ -159,11 +159,26 @@ impl Service {
                 .is_empty()
     }
 
+    /// Exits after `limit` if no Create ever arrived by then (containerd failed right after
+    /// `start`).
+    pub fn exit_if_unused(&self, limit: std::time::Duration) {
+        self.exit_when_idle(limit, true, "no Create arrived after start");
+    }
+
     /// containerd 2.x does not send Shutdown to a server whose only Create failed: it hangs up
     /// and runs `delete`. A server left with nothing to serve exits after a grace period (a
     /// Create of the same group may still be on its way).
-    /// Exits after `limit` if no container was ever created or is being created by then.
-    pub fn exit_if_unused(&self, limit: std::time::Duration) {
+    fn exit_if_idle(&self) {
+        self.exit_when_idle(
+            IDLE_EXIT,
+            false,
+            "no container to serve after a failed create",
+        );
+    }
+
+    /// After `limit`, exits if no container exists or is being created (and, with
+    /// `only_if_unused`, none ever was).
+    fn exit_when_idle(&self, limit: std::time::Duration, only_if_unused: bool, why: &'static str) {
         let (containers, creating, used, shutdown) = (
             self.containers.clone(),
             self.creating.clone(),
@@ -172,30 +187,6 @@ impl Service {
         );
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
-            let unused = !used.load(std::sync::atomic::Ordering::SeqCst)
-                && containers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty()
-                && creating
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty();
-            if unused {
-                log::info!("no Create within {limit:?} of start: exiting");
-                shutdown.notify_one();
-            }
-        });
-    }
-
-    fn exit_if_idle(&self) {
-        let (containers, creating, shutdown) = (
-            self.containers.clone(),
-            self.creating.clone(),
-            self.shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(IDLE_EXIT).await;
             let idle = containers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -203,9 +194,10 @@ impl Service {
                 && creating
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .is_empty();
+                    .is_empty()
+                && !(only_if_unused && used.load(std::sync::atomic::Ordering::SeqCst));
             if idle {
-                log::info!("no container to serve after a failed create: exiting");
+                log::info!("{why}: exiting");
                 shutdown.notify_one();
             }
         });
