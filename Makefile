@@ -36,3 +36,9 @@ test: lint unit integration
 # Puts the release binary where containerd looks for it (PATH).
 install: build
 	install -m 0755 $(SHIM_RELEASE) /usr/local/bin/containerd-shim-usernsrs-v2
+
+# Benchmarks against runc and crun on private containerd 1.6 and 2.4.2 (not a test; about 12
+# minutes; needs root): docs/bench/results.json, PNG plots and docs/bench/README.md.
+.PHONY: bench
+bench:
+	bash hack/bench/run.sh
