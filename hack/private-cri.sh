@@ -134,9 +134,10 @@ TOML
   fi
   printf '%s\n' "$flavor" > "$dir/flavor"
   [ -e /run/containerd ] || touch "$dir/created-run-containerd"
-  PATH="$dir/bin:$bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-    in_netns "$dir" "$bin/containerd" --config "$dir/config.toml" \
-    </dev/null >>"$dir/containerd.log" 2>&1 &
+  # exec all the way down, so that $! is containerd itself (stop kills that pid).
+  (PATH="$dir/bin:$bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    exec nsenter --net="/run/netns/$ns" "$bin/containerd" --config "$dir/config.toml" \
+    </dev/null >>"$dir/containerd.log" 2>&1) &
   printf '%s\n' "$!" > "$dir/containerd.pid"
   local i
   for ((i = 0; i < 200; i++)); do
@@ -184,7 +185,8 @@ storage:
 http:
   addr: 127.0.0.1:5000
 YML
-  in_netns "$dir" "$CRI_BIN/registry" serve "$dir/registry.yml" </dev/null >>"$dir/registry.log" 2>&1 &
+  (exec nsenter --net="/run/netns/$(netns_of "$dir")" "$CRI_BIN/registry" serve "$dir/registry.yml" \
+    </dev/null >>"$dir/registry.log" 2>&1) &
   printf '%s\n' "$!" > "$dir/registry.pid"
   local bin flavor; flavor=$(cat "$dir/flavor")
   bin=$BIN2; [ "$flavor" = 1.7 ] && bin=$BIN17
