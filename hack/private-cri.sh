@@ -25,8 +25,11 @@ CRI_BIN="$CACHE/cri/bin"
 
 log() { printf '[private-cri] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
-netns_of() { printf 'usernsrs-cri-%s' "$(basename "$1")"; }
-in_netns() { local dir=$1; shift; nsenter --net="/run/netns/$(netns_of "$dir")" "$@"; }
+# The network namespace is pinned by a bind mount at DIR/netns, not named with `ip netns add`:
+# that bind-mounts /run/netns onto itself the first time a machine names a namespace, a mount
+# that stays for good and that no test of ours should leave behind.
+netns_of() { printf '%s/netns' "$1"; }
+in_netns() { local dir=$1; shift; nsenter --net="$(netns_of "$dir")" "$@"; }
 
 # The CRI section of containerd 1.7's version-2 config.
 config_17() {
@@ -83,8 +86,9 @@ HOSTS
   ln -sfn "$(realpath -e "$USERNSRS_SHIM")" "$dir/bin/containerd-shim-usernsrs-v2"
   cp "$CRI_BIN"/{bridge,host-local,loopback} "$dir/cni/bin/"
   local ns; ns=$(netns_of "$dir")
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
+  touch "$ns"
+  unshare --net="$ns" true
+  nsenter --net="$ns" ip link set lo up
   cat > "$dir/cni/conf/10-usernsrs.conflist" <<CNI
 {"cniVersion": "1.0.0", "name": "usernsrs-pods", "plugins": [
   {"type": "bridge", "bridge": "usernsrs0", "isGateway": true, "ipMasq": false,
@@ -136,7 +140,7 @@ TOML
   [ -e /run/containerd ] || touch "$dir/created-run-containerd"
   # exec all the way down, so that $! is containerd itself (stop kills that pid).
   (PATH="$dir/bin:$bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-    exec nsenter --net="/run/netns/$ns" "$bin/containerd" --config "$dir/config.toml" \
+    exec nsenter --net="$ns" "$bin/containerd" --config "$dir/config.toml" \
     </dev/null >>"$dir/containerd.log" 2>&1) &
   printf '%s\n' "$!" > "$dir/containerd.pid"
   local i
@@ -185,7 +189,7 @@ storage:
 http:
   addr: 127.0.0.1:5000
 YML
-  (exec nsenter --net="/run/netns/$(netns_of "$dir")" "$CRI_BIN/registry" serve "$dir/registry.yml" \
+  (exec nsenter --net="$(netns_of "$dir")" "$CRI_BIN/registry" serve "$dir/registry.yml" \
     </dev/null >>"$dir/registry.log" 2>&1) &
   printf '%s\n' "$!" > "$dir/registry.pid"
   local bin flavor; flavor=$(cat "$dir/flavor")
@@ -217,7 +221,9 @@ cmd_stop() {
     rm -f "$dir/registry.pid"
   fi
   bash "$HERE/private-containerd.sh" stop "$dir" || status=$?
-  ip netns del "$(netns_of "$dir")" 2>/dev/null || true
+  local ns; ns=$(netns_of "$dir")
+  if mountpoint -q "$ns"; then umount "$ns" || status=1; fi
+  rm -f "$ns"
   return $status
 }
 
