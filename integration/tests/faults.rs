@@ -33,7 +33,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -43,8 +42,8 @@ use usernsrs_integration::{
 };
 
 use common::{
-    add_user_namespace, lines, owner, set_mapping, unique_id, unpack_busybox, Env, RUNTIME, SETTLE,
-    SHIM,
+    add_user_namespace, kernel_release, lines, owner, set_mapping, unique_id, unpack_busybox, Env,
+    HostMount, RUNTIME, SETTLE, SHIM,
 };
 
 /// The containerd namespace of these tests (see [`common::NS`]).
@@ -184,14 +183,6 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bool>)
     }
 }
 
-/// The running kernel's release, as `uname -r` prints it.
-fn kernel_release() -> Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/osrelease")
-        .context("cannot read /proc/sys/kernel/osrelease")?
-        .trim()
-        .to_owned())
-}
-
 /// Creates directory `dir` (0755, owned by host root) holding one file per `(name, uid, gid)`,
 /// each containing its name.
 fn make_source(dir: &Path, files: &[(&str, u32, u32)]) -> Result<()> {
@@ -292,53 +283,6 @@ fn assert_tree_unchanged(what: &str, dir: &Path, before: &BTreeMap<PathBuf, Entr
             .join("\n")
     );
     Ok(())
-}
-
-/// A filesystem this test mounted on the host, unmounted when dropped unless something else
-/// (the private containerd's `stop`, which unmounts everything under its directory) already did.
-struct HostMount {
-    target: PathBuf,
-}
-
-impl HostMount {
-    /// Mounts a new `fstype` (with mount data `data`) on directory `target`, creating it.
-    fn new(fstype: &str, target: &Path, data: &str) -> Result<Self> {
-        fs::create_dir_all(target)
-            .with_context(|| format!("cannot create {}", target.display()))?;
-        let target = target
-            .canonicalize()
-            .with_context(|| format!("cannot resolve {}", target.display()))?;
-        mount(
-            Some(fstype),
-            &target,
-            Some(fstype),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(data),
-        )
-        .with_context(|| format!("cannot mount a {fstype} on {}", target.display()))?;
-        Ok(HostMount { target })
-    }
-
-    fn path(&self) -> &Path {
-        &self.target
-    }
-}
-
-impl Drop for HostMount {
-    fn drop(&mut self) {
-        let mounted = mounts_under(&self.target).map_or(true, |m| m.contains(&self.target));
-        if !mounted {
-            return;
-        }
-        if umount2(&self.target, MntFlags::empty()).is_ok() {
-            return;
-        }
-        // Busy (a container of a failed test still holds it): detach it, so that the
-        // containerd directory around it can still be removed.
-        if let Err(e) = umount2(&self.target, MntFlags::MNT_DETACH) {
-            eprintln!("!!! cannot unmount {}: {e}", self.target.display());
-        }
-    }
 }
 
 /// Removes the empty `/sys/fs/cgroup/*/NS` directories containers of namespace NS leave (a copy

@@ -4,7 +4,8 @@
 //!
 //! - plain containers keep the host's ids, and exit codes and signal deaths reach `ctr`;
 //! - containerd 2.x `ctr run --uidmap --remap-labels`: the lower layers are idmapped through a
-//!   detached mount (no temporary mount left, no layer chowned), the upper dir is the mapped root's;
+//!   mount staged under the bundle while the overlay is mounted (no temporary mount left, no layer
+//!   chowned), the upper dir is the mapped root's;
 //! - `root.path` from `ctr c create --config`: idmapped when owned by host root, used as it is
 //!   when chowned into the range, and the `usernsrs.io/rootfs-idmap` annotation overrides;
 //! - bad mappings are refused at create with the shim's message, leaving nothing behind;
@@ -30,7 +31,7 @@ use usernsrs_integration::{
 
 use common::{
     add_user_namespace, lines, mount_at, owner, run_lines, run_tool, set_mapping, unique_id,
-    unpack_busybox, Env, MountLine, RUNTIME, SETTLE, SHIM,
+    unpack_busybox, Env, HostMount, MountLine, RUNTIME, SETTLE, SHIM,
 };
 
 const SNAPSHOTS: &str = "io.containerd.snapshotter.v1.overlayfs/snapshots";
@@ -178,6 +179,7 @@ fn containerd2_remapped_snapshot_idmaps_lower_layers_without_leftovers() -> Resu
         .with_context(|| format!("cannot read /proc/{pid}/mountinfo"))?;
     let root = mount_at(&inside, "/")?;
     let rootfs_point = bundle.join("rootfs").to_string_lossy().into_owned();
+    let staging = bundle.join("idmapped-layers");
     let host_mountinfo = mountinfo_lines()?.join("\n");
     let host_root = mount_at(&host_mountinfo, &rootfs_point)?;
     for (whose, m) in [("container", &root), ("host", &host_root)] {
@@ -193,14 +195,16 @@ fn containerd2_remapped_snapshot_idmaps_lower_layers_without_leftovers() -> Resu
                 m.super_options
             )
         })?;
-        // The layers are reached through the helper's detached idmapped clone of their parent
-        // directory (crates/init/src/create.rs, IdmappedOverlay), never by their own paths:
-        // through those, the container would see host root's files as the overflow id.
+        // The layers are reached through the helper's idmapped clone of their parent
+        // directory, staged under the bundle while the overlay was mounted
+        // (crates/init/src/overlay.rs), never by their own paths: through those, the container
+        // would see host root's files as the overflow id.
         for dir in lower.split(':') {
             ensure!(
-                dir.starts_with("/proc/self/fd/") && !dir.contains(&snapshots_str),
+                Path::new(dir).starts_with(&staging) && !dir.contains(&snapshots_str),
                 "{whose} rootfs lowerdir {dir:?} (of {lower:?}) is not an idmapped path: \
-                 expected /proc/self/fd/N/... of the detached idmapped mount"
+                 expected {}/... of the staged idmapped mount",
+                staging.display()
             );
         }
         ensure!(
@@ -229,7 +233,13 @@ fn containerd2_remapped_snapshot_idmaps_lower_layers_without_leftovers() -> Resu
     );
 
     // The only new mount of this containerd is the rootfs overlay: the idmapped clone of the
-    // snapshots directory was never attached, and no mount has a snapshot as its root.
+    // snapshots directory was detached once the overlay held its layers, its staging directory
+    // is gone, and no mount has a snapshot as its root.
+    ensure!(
+        !staging.exists(),
+        "the staging directory {} is still there after the overlay was mounted",
+        staging.display()
+    );
     let during = env.our_mount_lines()?;
     let new: Vec<&String> = during.difference(&before).collect();
     ensure!(
@@ -754,12 +764,12 @@ fn bytes_field<'a>(fields: &[Field<'a>], number: u64, what: &str) -> Result<&'a 
         .ok_or_else(|| anyhow!("no {what} (field {number})"))
 }
 
-#[test]
-fn info_advertises_user_namespaces_and_idmap() -> Result<()> {
-    require_root()?;
+/// The features document `-info` prints, run with the extra environment `envs`.
+fn info_features(envs: &[(&str, &Path)]) -> Result<Value> {
     let shim = shim_binary()?;
     let out = Command::new(&shim)
         .arg("-info")
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {} -info", shim.display()))?;
@@ -782,9 +792,14 @@ fn info_advertises_user_namespaces_and_idmap() -> Result<()> {
         "types.containerd.io/opencontainers/runtime-spec/1/features/Features",
         "features type URL"
     );
-    let body: Value = serde_json::from_slice(bytes_field(&features, 2, "features.value")?)
-        .context("features value is not JSON")?;
+    serde_json::from_slice(bytes_field(&features, 2, "features.value")?)
+        .context("features value is not JSON")
+}
 
+#[test]
+fn info_advertises_user_namespaces_and_idmap() -> Result<()> {
+    require_root()?;
+    let body = info_features(&[])?;
     let namespaces: Vec<&str> = body["linux"]["namespaces"]
         .as_array()
         .ok_or_else(|| anyhow!("features have no linux.namespaces: {body}"))?
@@ -799,6 +814,31 @@ fn info_advertises_user_namespaces_and_idmap() -> Result<()> {
         body["linux"]["mountExtensions"]["idmap"]["enabled"],
         json!(true),
         "linux.mountExtensions.idmap.enabled in {body}"
+    );
+    Ok(())
+}
+
+/// `-info` probes what the shim really does (an overlay over an idmapped layer, in its temp
+/// dir) rather than assuming: where that cannot work (a ramfs refuses idmapped mounts) it says
+/// idmap is disabled, so containerd never sends a spec the shim cannot run. The probe leaves
+/// nothing: no mount (it runs in a mount namespace of its own) and no directory.
+#[test]
+fn info_reports_idmap_only_where_the_probe_succeeds() -> Result<()> {
+    require_root()?;
+    let dir = tempfile::tempdir()?;
+    let ram = HostMount::new("ramfs", &dir.path().join("ramfs"), "mode=0755")?;
+    let body = info_features(&[("TMPDIR", ram.path())])?;
+    assert_eq!(
+        body["linux"]["mountExtensions"]["idmap"]["enabled"],
+        json!(false),
+        "linux.mountExtensions.idmap.enabled with the temp dir on a ramfs in {body}"
+    );
+    let left: Vec<_> = fs::read_dir(ram.path())?.collect::<Result<_, _>>()?;
+    ensure!(left.is_empty(), "the probe left {left:?} in its temp dir");
+    ensure!(
+        mounts_under(dir.path())?.len() == 1,
+        "the probe left mounts: {:?}",
+        mounts_under(dir.path())?
     );
     Ok(())
 }

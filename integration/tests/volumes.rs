@@ -34,13 +34,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::{json, Value};
 use usernsrs_integration::{mountinfo_lines, mounts_under, Flavor};
 
 use common::{
-    add_user_namespace, lines, mount_at, owner, run_lines, set_mapping, unique_id, unpack_busybox,
-    Env, RUNTIME, SETTLE,
+    add_user_namespace, kernel_release, lines, mount_at, owner, require_kernel, run_lines,
+    set_mapping, unique_id, unpack_busybox, Env, HostMount, RUNTIME, SETTLE,
 };
 
 /// The containerd namespace of these tests (see [`common::NS`]).
@@ -164,55 +163,6 @@ fn assert_not_chowned(
         );
     }
     Ok(())
-}
-
-/// A filesystem this test mounted on the host, unmounted when dropped, whatever happened.
-struct HostMount {
-    target: PathBuf,
-}
-
-impl HostMount {
-    /// Mounts a new `fstype` (with mount data `data`) on directory `target`, creating it.
-    fn new(fstype: &str, target: &Path, data: &str) -> Result<Self> {
-        fs::create_dir_all(target)
-            .with_context(|| format!("cannot create {}", target.display()))?;
-        mount(
-            Some(fstype),
-            target,
-            Some(fstype),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(data),
-        )
-        .with_context(|| format!("cannot mount a {fstype} on {}", target.display()))?;
-        Ok(HostMount {
-            target: target.to_path_buf(),
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.target
-    }
-}
-
-impl Drop for HostMount {
-    fn drop(&mut self) {
-        if umount2(&self.target, MntFlags::empty()).is_ok() {
-            return;
-        }
-        // Busy (a container of a failed test still holds it): detach it, so that the
-        // containerd directory around it can still be removed.
-        if let Err(e) = umount2(&self.target, MntFlags::MNT_DETACH) {
-            eprintln!("!!! cannot unmount {}: {e}", self.target.display());
-        }
-    }
-}
-
-/// The running kernel's release, as `uname -r` prints it.
-fn kernel_release() -> Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/osrelease")
-        .context("cannot read /proc/sys/kernel/osrelease")?
-        .trim()
-        .to_owned())
 }
 
 /// Fails unless no shim of this containerd runs and no host mount mentions its directory
@@ -770,6 +720,8 @@ fn containerd2_multi_range_mount_mappings() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 fn recursion(flavor: Flavor) -> Result<()> {
+    // The submount is a tmpfs, which ridmap idmaps too.
+    require_kernel(6, 3, "an idmapped tmpfs")?;
     let (env, rootfs) = env_and_rootfs(flavor)?;
     let src = env.dir().join("vol-rec");
     make_source(&src, &[("top", 0, 0)])?;

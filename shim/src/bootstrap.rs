@@ -36,21 +36,69 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
     Ok(input)
 }
 
-/// Whether the kernel makes idmapped mounts here: idmap a detached clone of a fresh tmpfs-or-
-/// disk directory with a throwaway user namespace. Nothing is attached; nothing is left.
+/// Whether the shim can make an idmapped rootfs here, probed by doing what it does for a
+/// user-namespaced container from an overlayfs snapshot: an overlay over an idmapped layer
+/// (which needs more of the kernel than an idmapped mount alone: Linux 5.19+). The probe runs in
+/// a private mount namespace of this short-lived process, so its mounts never reach the host and
+/// vanish with it whatever happens; its directory under the temp dir is removed.
 fn probe_idmap() -> bool {
     let dir = std::env::temp_dir().join(format!("usernsrs-probe-{}", std::process::id()));
     if std::fs::create_dir(&dir).is_err() {
         return false;
     }
-    let ok = (|| -> std::io::Result<()> {
-        let tree = usernsrs_sys::DetachedMount::clone_tree(&dir, false)?;
-        let ns = usernsrs_sys::user_namespace_fd("0 1000000 1\n", "0 1000000 1\n")?;
-        tree.idmap(std::os::fd::AsFd::as_fd(&ns), false)
-    })()
-    .is_ok();
-    let _ = std::fs::remove_dir(&dir);
-    ok
+    let ok = probe_idmapped_overlay(&dir);
+    if let Err(e) = &ok {
+        log::debug!("idmap probe in {}: {e:#}", dir.display());
+    }
+    // Nothing can be mounted below `dir` any more: unmounted, or in a namespace now unused.
+    let _ = std::fs::remove_dir_all(&dir);
+    ok.is_ok()
+}
+
+fn probe_idmapped_overlay(dir: &Path) -> anyhow::Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use usernsrs_init::overlay::{mount_over_idmapped_layers, OverlayParts};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare mount namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("make mounts private")?;
+    let layers = dir.join("layers");
+    let lower = layers.join("1");
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&lower, &upper, &work, &merged] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    std::fs::write(lower.join("f"), b"").context("write the probe's file")?;
+    std::os::unix::fs::chown(&upper, Some(1_000_000), Some(1_000_000)).context("chown upper")?;
+    let ns = usernsrs_sys::user_namespace_fd("0 1000000 1\n", "0 1000000 1\n")
+        .context("user namespace")?;
+    let lowers = [lower];
+    let parts = OverlayParts {
+        lowerdirs: &lowers,
+        parent: &layers,
+        upper_work: Some((&upper, &work)),
+        data: "",
+        flags: MsFlags::empty(),
+    };
+    mount_over_idmapped_layers(
+        &parts,
+        std::os::fd::AsFd::as_fd(&ns),
+        &dir.join("staging"),
+        &merged,
+    )?;
+    // The layer's file, owned by 0 on disk, must show as the mapped id through the overlay.
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(merged.join("f"))?);
+    umount2(&merged, MntFlags::MNT_DETACH).context("unmount the probe's overlay")?;
+    anyhow::ensure!(
+        owner == 1_000_000,
+        "the overlay shows the layer's file as uid {owner}"
+    );
+    Ok(())
 }
 
 /// The OCI features document (runtime-spec `features.md`) of this runtime.

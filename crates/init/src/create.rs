@@ -25,6 +25,7 @@
 //! step 3 are detached, the cgroup is removed. Nothing is left behind.
 
 use crate::cgroup::{Cgroup, CGROUP_ROOT};
+use crate::overlay::{mount_over_idmapped_layers, mount_overlay_of, OverlayParts};
 use crate::proto::{HelperReply, HelperRequest, Sync, CONTROL_FD};
 use crate::{error_chain, InitError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -43,6 +44,10 @@ use usernsrs_runtime_core::{
     ContainerPlan, IdmapWith, NamespaceKind, RootfsSource, UserMapping, UserNamespace,
 };
 use usernsrs_sys::DetachedMount;
+
+/// Where the idmapped layers of an overlay rootfs are staged, under the bundle, while the
+/// overlay is mounted (see [`crate::overlay`]).
+const IDMAPPED_LAYERS_DIR: &str = "idmapped-layers";
 
 /// One JSON message per line over a socket shared by the helper and its children.
 pub(crate) struct Channel(UnixStream);
@@ -689,7 +694,9 @@ fn prepare_rootfs(
         );
         Ok(())
     };
-    let allowed = |e: &InitError| plan.chown_fallback && matches!(e, InitError::Idmap { .. });
+    let allowed = |e: &InitError| {
+        plan.chown_fallback && matches!(e, InitError::Idmap { .. } | InitError::OverlayIdmap { .. })
+    };
     match &plan.rootfs.source {
         RootfsSource::Directory { .. } => Ok(()),
         RootfsSource::IdmappedDirectory { path, idmap } => {
@@ -719,32 +726,24 @@ fn prepare_rootfs(
             options,
             idmap,
         } => {
-            // One idmapped mount of the layers' common parent serves every layer. It is never
-            // attached: overlayfs resolves the lower paths through /proc/self/fd, keeps its own
-            // references, and the detached tree dissolves when the fd closes below.
             let parent = common_parent(lowerdirs).ok_or_else(|| {
                 InitError::Protocol(format!(
                     "overlay lower layers {lowerdirs:?} share no parent directory below /"
                 ))
             })?;
             let ns = idmap_userns(idmap, userns)?;
-            let tree = DetachedMount::clone_tree(&parent, false).map_err(InitError::io(
-                format!("clone layers parent {}", parent.display()),
-            ))?;
-            let lowers: Vec<String> = match tree
-                .idmap(ns.as_fd(), false)
-                .map_err(|e| idmap_failure(&parent, e))
-            {
-                Ok(()) => {
-                    let base = tree.proc_path();
-                    lowerdirs
-                        .iter()
-                        .map(|d| {
-                            let rel = d.strip_prefix(&parent).unwrap_or(d);
-                            base.join(rel).to_string_lossy().into_owned()
-                        })
-                        .collect()
-                }
+            let opts = parse_mount_options(options);
+            let parts = OverlayParts {
+                lowerdirs,
+                parent: &parent,
+                upper_work: upperdir.as_deref().zip(workdir.as_deref()),
+                data: &opts.data,
+                flags: MsFlags::from_bits_retain(opts.flags as libc::c_ulong),
+            };
+            mkdir_target(target, undo)?;
+            let staging = plan.bundle.join(IDMAPPED_LAYERS_DIR);
+            match mount_over_idmapped_layers(&parts, ns.as_fd(), &staging, target) {
+                Ok(()) => {}
                 Err(e) if allowed(&e) => {
                     // The layers, chowned in a view of their own; the container's upper dir
                     // (already chowned by the snapshotter) goes on top as usual.
@@ -753,34 +752,19 @@ fn prepare_rootfs(
                         .join(crate::fallback::FALLBACK_DIR)
                         .join("layers");
                     fallback(idmap, lowerdirs, &view, undo)?;
-                    vec![view.to_string_lossy().into_owned()]
+                    let chowned = [view];
+                    mount_overlay_of(
+                        &OverlayParts {
+                            lowerdirs: &chowned,
+                            parent: &chowned[0],
+                            ..parts
+                        },
+                        target,
+                    )?;
                 }
                 Err(e) => return Err(e),
-            };
-            let mut data = vec![format!("lowerdir={}", lowers.join(":"))];
-            if let (Some(u), Some(w)) = (upperdir, workdir) {
-                data.push(format!("upperdir={}", u.display()));
-                data.push(format!("workdir={}", w.display()));
             }
-            let opts = parse_mount_options(options);
-            if !opts.data.is_empty() {
-                data.push(opts.data.clone());
-            }
-            mkdir_target(target, undo)?;
-            mount(
-                Some("overlay"),
-                target,
-                Some("overlay"),
-                MsFlags::from_bits_retain(opts.flags as libc::c_ulong),
-                Some(data.join(",").as_str()),
-            )
-            .map_err(|e| InitError::Mount {
-                what: format!("overlay over idmapped layers of {}", parent.display()),
-                target: target.clone(),
-                err: e.into(),
-            })?;
             undo.mounts.push(target.clone());
-            drop(tree);
             Ok(())
         }
         RootfsSource::Mounts { mounts } => {

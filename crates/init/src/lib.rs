@@ -11,6 +11,7 @@ mod container;
 pub mod create;
 mod exec;
 pub mod fallback;
+pub mod overlay;
 pub mod proto;
 mod seccomp;
 
@@ -48,6 +49,20 @@ pub enum InitError {
     Idmap {
         path: PathBuf,
         fs: String,
+        kernel: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error(
+        "cannot mount the overlay rootfs on {target} over idmapped layers of {parent} (kernel \
+         {kernel}): overlayfs on idmapped layers needs Linux 5.19+ and layers on a filesystem \
+         that supports idmapped mounts. Ways out: set slow_chown = true in the shim's runtime \
+         options (a metadata-only chowned copy, see the README), or run the pod without a user \
+         namespace"
+    )]
+    OverlayIdmap {
+        parent: PathBuf,
+        target: PathBuf,
         kernel: String,
         #[source]
         err: std::io::Error,

@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::{json, Value};
 use usernsrs_integration::{
-    mountinfo_lines, pids_of_cmd, pids_of_exe, require_root, shim_binary, workspace_root,
-    Containerd, Flavor,
+    mountinfo_lines, mounts_under, pids_of_cmd, pids_of_exe, require_root, shim_binary,
+    workspace_root, Containerd, Flavor,
 };
 
 pub const RUNTIME: &str = "io.containerd.usernsrs.v2";
@@ -562,4 +563,78 @@ pub fn run_lines(
         run.stdout
     );
     Ok(out)
+}
+
+/// A filesystem this test mounted on the host, unmounted when dropped unless something else
+/// (the private containerd's `stop`, which unmounts everything under its directory) already did.
+pub struct HostMount {
+    target: PathBuf,
+}
+
+impl HostMount {
+    /// Mounts a new `fstype` (with mount data `data`) on directory `target`, creating it.
+    pub fn new(fstype: &str, target: &Path, data: &str) -> Result<Self> {
+        fs::create_dir_all(target)
+            .with_context(|| format!("cannot create {}", target.display()))?;
+        let target = target
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", target.display()))?;
+        mount(
+            Some(fstype),
+            &target,
+            Some(fstype),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(data),
+        )
+        .with_context(|| format!("cannot mount a {fstype} on {}", target.display()))?;
+        Ok(HostMount { target })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let mounted = mounts_under(&self.target).map_or(true, |m| m.contains(&self.target));
+        if !mounted {
+            return;
+        }
+        if umount2(&self.target, MntFlags::empty()).is_ok() {
+            return;
+        }
+        // Busy (a container of a failed test still holds it): detach it, so that the
+        // containerd directory around it can still be removed.
+        if let Err(e) = umount2(&self.target, MntFlags::MNT_DETACH) {
+            eprintln!("!!! cannot unmount {}: {e}", self.target.display());
+        }
+    }
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("cannot read /proc/sys/kernel/osrelease")?
+        .trim()
+        .to_owned())
+}
+
+/// The marker the VM test bed (hack/vm) looks for in a failed test's output to report it as
+/// not applicable on that kernel rather than as a failure. Anywhere else it is a failure.
+pub const NOT_APPLICABLE: &str = "usernsrs-not-applicable:";
+
+/// Fails, saying the test is not applicable, unless the kernel is at least `major.minor`, which
+/// `feature` needs. Never a pass: a test that cannot run here must not look like one that did.
+pub fn require_kernel(major: u32, minor: u32, feature: &str) -> Result<()> {
+    let release = kernel_release()?;
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if have < (major, minor) {
+        println!("{NOT_APPLICABLE} {feature} needs Linux {major}.{minor}+, this is {release}");
+        bail!("{feature} needs Linux {major}.{minor}+; this kernel is {release}");
+    }
+    Ok(())
 }
