@@ -843,6 +843,90 @@ fn info_reports_idmap_only_where_the_probe_succeeds() -> Result<()> {
     Ok(())
 }
 
+/// `linux.sysctl` keys the kernel does not namespace (or whose namespace the container shares
+/// with the host, or written as paths) are refused naming the key, and the host's value stays;
+/// a namespaced key in the container's own namespace is applied inside it, as runc does.
+fn sysctls_stay_in_the_containers_namespaces(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let rootfs = env.dir().join("rootfs-sysctl");
+    unpack_busybox(&rootfs)?;
+    let swappiness = || fs::read_to_string("/proc/sys/vm/swappiness");
+    let host_swappiness = swappiness()?;
+    let forced = if host_swappiness.trim() == "7" {
+        "8"
+    } else {
+        "7"
+    };
+
+    let refused: [(&str, Value, &str); 3] = [
+        (
+            "a host-wide key",
+            json!({ "vm.swappiness": forced }),
+            "linux.sysctl \"vm.swappiness\": not namespaced by the kernel",
+        ),
+        (
+            "a key written as a path",
+            json!({ "/proc/sys/vm/swappiness": forced }),
+            "linux.sysctl \"/proc/sys/vm/swappiness\": not a sysctl name",
+        ),
+        (
+            "a network key without a network namespace",
+            json!({ "net.ipv4.ip_forward": "1" }),
+            "linux.sysctl \"net.ipv4.ip_forward\": belongs to the network namespace",
+        ),
+    ];
+    for (what, sysctl, message) in refused {
+        let id = unique_id("sysctl");
+        let mut spec = env.base_spec(&id, &rootfs, "echo must-not-run")?;
+        spec["linux"]["sysctl"] = sysctl;
+        if what.contains("without a network namespace") {
+            let namespaces = spec["linux"]["namespaces"]
+                .as_array_mut()
+                .ok_or_else(|| anyhow!("spec has no linux.namespaces"))?;
+            namespaces.retain(|n| n["type"] != "network");
+        }
+        let run = env.create_and_start(&id, &spec)?;
+        ensure!(
+            !run.status.success() && !run.stdout.contains("must-not-run"),
+            "{flavor}: {what}: the task ran: {}\n{}",
+            run.status,
+            run.stdout
+        );
+        ensure!(
+            run.stderr.contains(message),
+            "{flavor}: {what}: stderr must say `{message}`:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            swappiness()?,
+            host_swappiness,
+            "{flavor}: {what}: the host's vm.swappiness changed"
+        );
+        env.assert_no_shim(&format!("the refused create of {what}"))?;
+    }
+
+    let id = unique_id("sysctl-ok");
+    let mut spec = env.base_spec(&id, &rootfs, "cat /proc/sys/net/ipv4/ip_forward")?;
+    spec["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1" });
+    let out = run_lines(&env, &id, &spec, "namespaced sysctl", 1)?;
+    assert_eq!(
+        out,
+        ["1"],
+        "{flavor}: net.ipv4.ip_forward inside the container"
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd16_sysctls_stay_in_the_containers_namespaces() -> Result<()> {
+    sysctls_stay_in_the_containers_namespaces(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_sysctls_stay_in_the_containers_namespaces() -> Result<()> {
+    sysctls_stay_in_the_containers_namespaces(Flavor::Containerd2)
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. More user namespace shapes: several ranges, a joined namespace, a parentless snapshot.
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ use crate::idmap::{IdMap, IdMapError, IdMapping, UserMapping};
 use crate::rootfs::{
     plan_rootfs, RootMount, RootfsError, RootfsPlan, UsernsFacts, ROOTFS_IDMAP_ANNOTATION,
 };
+use crate::sysctl::{check_sysctl, OwnNamespaces, SysctlError};
 use crate::volumes::{plan_volumes, HostBind, VolumeError};
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,8 @@ pub enum PlanError {
     Rootfs(#[from] RootfsError),
     #[error("id-mapped volume")]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
 }
 
 fn to_ranges(spec: &[LinuxIdMapping]) -> Vec<IdMapping> {
@@ -283,6 +286,16 @@ pub fn plan_container(
     };
     if let Some(m) = user_namespace.mapping() {
         check_process_ids(&spec, m)?;
+    }
+    let has = |kind| namespaces.iter().any(|n: &Namespace| n.kind == kind);
+    let own = OwnNamespaces {
+        ipc: has(NamespaceKind::Ipc),
+        network: has(NamespaceKind::Network),
+        uts: has(NamespaceKind::Uts),
+        user: user_namespace != UserNamespace::Host,
+    };
+    for key in linux.sysctl().iter().flatten().map(|(k, _)| k) {
+        check_sysctl(key, own)?;
     }
 
     let annotation = spec
