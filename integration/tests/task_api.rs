@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use containerd_shim_protos::api::{ConnectRequest, StatsRequest, UpdateTaskRequest};
 use containerd_shim_protos::cgroups::metrics::Metrics as CgroupV1Metrics;
+use containerd_shim_protos::cgroups_v2::metrics::Metrics as CgroupV2Metrics;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim_sync::{Client, TaskClient};
@@ -51,7 +52,7 @@ const UID_MAP: &str = "0 100000 65536";
 const HOST_ROOT: u32 = 100_000;
 const HOST_APP: u32 = 101_000;
 /// The cgroup v1 root the containers' cgroups (`/<ns>/<id>`, as `ctr run` sets) live under.
-const CGROUP_V1: &str = "/sys/fs/cgroup";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// `ctr run` options for a user namespace `0:100000:65536`: containerd 2.x idmaps the snapshot
 /// (`--remap-labels`), 1.6's ctr chowns a copy of it.
@@ -201,7 +202,50 @@ fn read_trimmed(path: &Path) -> Result<String> {
 
 /// The v1 cgroup directory of container `id` for `controller` (`ctr run` sets `/<ns>/<id>`).
 fn cgroup_dir(controller: &str, id: &str) -> PathBuf {
-    Path::new(CGROUP_V1).join(controller).join(NS).join(id)
+    Path::new(CGROUP_ROOT).join(controller).join(NS).join(id)
+}
+
+/// Where a container's memory limit, processes and freezer state are read, and how `ctr task
+/// metrics` names them: v1 hierarchies (hybrid hosts) or the pure cgroup v2 tree (most hosts
+/// today, and the VM test bed).
+struct CgroupFiles {
+    v2: bool,
+    memory_limit: PathBuf,
+    procs: PathBuf,
+    freezer: PathBuf,
+    frozen: &'static str,
+    thawed: &'static str,
+    limit_metric: &'static str,
+    usage_metric: &'static str,
+}
+
+impl CgroupFiles {
+    fn of(id: &str) -> Self {
+        if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+            let dir = Path::new(CGROUP_ROOT).join(NS).join(id);
+            CgroupFiles {
+                v2: true,
+                memory_limit: dir.join("memory.max"),
+                procs: dir.join("cgroup.procs"),
+                freezer: dir.join("cgroup.freeze"),
+                frozen: "1",
+                thawed: "0",
+                limit_metric: "memory.usage_limit",
+                usage_metric: "memory.usage",
+            }
+        } else {
+            CgroupFiles {
+                v2: false,
+                memory_limit: cgroup_dir("memory", id).join("memory.limit_in_bytes"),
+                procs: cgroup_dir("freezer", id).join("cgroup.procs"),
+                freezer: cgroup_dir("freezer", id).join("freezer.state"),
+                frozen: "FROZEN",
+                thawed: "THAWED",
+                limit_metric: "memory.limit_in_bytes",
+                usage_metric: "memory.usage_in_bytes",
+            }
+        }
+    }
 }
 
 /// The end of every test: no shim of this containerd left, nothing mounted under its directory.
@@ -528,6 +572,56 @@ fn containerd16_exec_joins_the_containers_user_namespace() -> Result<()> {
 #[test]
 fn containerd2_exec_joins_the_containers_user_namespace() -> Result<()> {
     exec_joins_the_container(Flavor::Containerd2)
+}
+
+/// An exec'd process gets its container's `oom_score_adj`, not the shim's; an exec into a
+/// paused container is refused at once (FailedPrecondition, as runc's "cannot exec in a paused
+/// state"), where it used to wait forever on the frozen cgroup; after Resume exec works again.
+fn exec_follows_the_containers_oom_score_and_pause(flavor: Flavor) -> Result<()> {
+    let env = Env::start_in(flavor, NS)?;
+    let userns = userns_opts(flavor);
+    let id = unique_id("exec-oom");
+    let init = env.run_detached(&userns, &id, &["sleep", "1000"])?;
+    // The container's score, different from anything the shim has (raising needs no privilege).
+    let shim_score = read_trimmed(Path::new("/proc/self/oom_score_adj"))?;
+    let score = if shim_score == "567" { "568" } else { "567" };
+    fs::write(format!("/proc/{init}/oom_score_adj"), score)?;
+    let out = exec_ok(&env, &id, "oom", &[], &["cat", "/proc/self/oom_score_adj"])?;
+    assert_eq!(
+        lines(&out),
+        [score],
+        "{flavor}: oom_score_adj of an exec'd process (the container's init has {score})"
+    );
+
+    env.ctr_ok(&["task", "pause", &id])?;
+    env.wait_task(&id, "PAUSED")?;
+    exec_fails(
+        &env,
+        &id,
+        "frozen",
+        &[],
+        &["true"],
+        "is paused: cannot exec frozen in a paused state",
+    )?;
+    env.ctr_ok(&["task", "resume", &id])?;
+    env.wait_task(&id, "RUNNING")?;
+    exec_ok(&env, &id, "thawed", &[], &["true"])?;
+
+    env.ctr_ok(&["task", "kill", "-s", "KILL", &id])?;
+    env.wait_task(&id, "STOPPED")?;
+    env.ctr_ok(&["task", "delete", &id])?;
+    env.ctr_ok(&["containers", "rm", &id])?;
+    assert_clean(&env, "the paused exec container")
+}
+
+#[test]
+fn containerd16_exec_follows_the_containers_oom_score_and_pause() -> Result<()> {
+    exec_follows_the_containers_oom_score_and_pause(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_exec_follows_the_containers_oom_score_and_pause() -> Result<()> {
+    exec_follows_the_containers_oom_score_and_pause(Flavor::Containerd2)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1112,42 +1206,42 @@ fn cgroups(flavor: Flavor) -> Result<()> {
             "while :; do echo tick >> /tmp/ticks; usleep 20000; done",
         ],
     )?;
-    let memory = cgroup_dir("memory", &id);
+    let cg = CgroupFiles::of(&id);
     assert_eq!(
-        read_trimmed(&memory.join("memory.limit_in_bytes"))?,
+        read_trimmed(&cg.memory_limit)?,
         "49999872",
-        "{flavor}: memory.limit_in_bytes of {}",
-        memory.display()
+        "{flavor}: {}",
+        cg.memory_limit.display()
     );
     let m = metrics(&env, &id)?;
     assert_eq!(
-        m.get("memory.limit_in_bytes").map(String::as_str),
+        m.get(cg.limit_metric).map(String::as_str),
         Some("49999872"),
         "{flavor}: ctr task metrics {id}: {m:?}"
     );
     let usage: u64 = m
-        .get("memory.usage_in_bytes")
-        .ok_or_else(|| anyhow!("{flavor}: no memory.usage_in_bytes in {m:?}"))?
+        .get(cg.usage_metric)
+        .ok_or_else(|| anyhow!("{flavor}: no {} in {m:?}", cg.usage_metric))?
         .parse()?;
     ensure!(
         usage > 0,
         "{flavor}: memory usage of a running container is 0: {m:?}"
     );
 
-    // Pause: PAUSED, the freezer cgroup (holding the init) FROZEN, nothing runs; Resume undoes it.
-    let freezer = cgroup_dir("freezer", &id);
-    let procs = read_trimmed(&freezer.join("cgroup.procs"))?;
+    // Pause: PAUSED, the freezer cgroup (holding the init) frozen, nothing runs; Resume undoes it.
+    let procs = read_trimmed(&cg.procs)?;
     ensure!(
         procs.lines().any(|p| p == init.to_string()),
         "{flavor}: init {init} is not in {}: {procs}",
-        freezer.display()
+        cg.procs.display()
     );
     env.ctr_ok(&["task", "pause", &id])?;
     env.wait_task(&id, "PAUSED")?;
     assert_eq!(
-        read_trimmed(&freezer.join("freezer.state"))?,
-        "FROZEN",
-        "{flavor}: paused"
+        read_trimmed(&cg.freezer)?,
+        cg.frozen,
+        "{flavor}: paused: {}",
+        cg.freezer.display()
     );
     let before = size_of(init, "/tmp/ticks")?;
     std::thread::sleep(Duration::from_millis(500));
@@ -1159,9 +1253,10 @@ fn cgroups(flavor: Flavor) -> Result<()> {
     env.ctr_ok(&["task", "resume", &id])?;
     env.wait_task(&id, "RUNNING")?;
     assert_eq!(
-        read_trimmed(&freezer.join("freezer.state"))?,
-        "THAWED",
-        "{flavor}: resumed"
+        read_trimmed(&cg.freezer)?,
+        cg.thawed,
+        "{flavor}: resumed: {}",
+        cg.freezer.display()
     );
     let deadline = Instant::now() + SETTLE;
     while size_of(init, "/tmp/ticks")? == before {
@@ -1188,9 +1283,10 @@ fn cgroups(flavor: Flavor) -> Result<()> {
         .update(rpc_context(), &update)
         .map_err(|e| anyhow!("{flavor}: Update of {id}: {e:?}"))?;
     assert_eq!(
-        read_trimmed(&memory.join("memory.limit_in_bytes"))?,
+        read_trimmed(&cg.memory_limit)?,
         "59998208",
-        "{flavor}: memory.limit_in_bytes after Update to 60000000"
+        "{flavor}: {} after Update to 60000000",
+        cg.memory_limit.display()
     );
     let stats = client
         .stats(
@@ -1205,24 +1301,26 @@ fn cgroups(flavor: Flavor) -> Result<()> {
         .stats
         .as_ref()
         .ok_or_else(|| anyhow!("{flavor}: Stats of {id} carries no metrics"))?;
-    assert_eq!(
-        any.type_url, "io.containerd.cgroups.v1.Metrics",
-        "{flavor}: Stats type"
-    );
-    let decoded = CgroupV1Metrics::parse_from_bytes(&any.value)
-        .with_context(|| format!("{flavor}: Stats of {id} does not decode as v1 metrics"))?;
-    assert_eq!(
-        decoded.memory.usage.limit, 59_998_208,
-        "{flavor}: limit in Stats: {decoded:?}"
-    );
-    ensure!(
-        decoded.memory.usage.usage > 0,
-        "{flavor}: no memory usage in Stats: {decoded:?}"
-    );
-    ensure!(
-        decoded.pids.current >= 1,
-        "{flavor}: no pids in Stats: {decoded:?}"
-    );
+    let (limit, usage, pids) = if cg.v2 {
+        assert_eq!(
+            any.type_url, "io.containerd.cgroups.v2.Metrics",
+            "{flavor}: Stats type"
+        );
+        let m = CgroupV2Metrics::parse_from_bytes(&any.value)
+            .with_context(|| format!("{flavor}: Stats of {id} does not decode as v2 metrics"))?;
+        (m.memory.usage_limit, m.memory.usage, m.pids.current)
+    } else {
+        assert_eq!(
+            any.type_url, "io.containerd.cgroups.v1.Metrics",
+            "{flavor}: Stats type"
+        );
+        let m = CgroupV1Metrics::parse_from_bytes(&any.value)
+            .with_context(|| format!("{flavor}: Stats of {id} does not decode as v1 metrics"))?;
+        (m.memory.usage.limit, m.memory.usage.usage, m.pids.current)
+    };
+    assert_eq!(limit, 59_998_208, "{flavor}: limit in Stats: {any:?}");
+    ensure!(usage > 0, "{flavor}: no memory usage in Stats: {any:?}");
+    ensure!(pids >= 1, "{flavor}: no pids in Stats: {any:?}");
     // An unknown container is NotFound.
     let err = client
         .update(

@@ -241,6 +241,7 @@ impl Container {
                 self.id
             )));
         }
+        self.refuse_exec_if_paused(exec_id)?;
         if spec.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(ShimError::InvalidArgument(format!(
                 "exec {exec_id}: process.args is empty"
@@ -313,6 +314,7 @@ impl Container {
                 self.id
             )));
         }
+        self.refuse_exec_if_paused(exec_id)?;
         let request = HelperRequest::Exec(Box::new(ExecPlan {
             container_id: self.id.clone(),
             exec_id: exec_id.to_string(),
@@ -390,6 +392,18 @@ impl Container {
     }
 
     /// Whether the container's processes are frozen.
+    /// A frozen container cannot take a new process: joining its cgroup would freeze the
+    /// helper's child mid-setup and the exec would wait forever (runc refuses likewise).
+    fn refuse_exec_if_paused(&self, exec_id: &str) -> Result<()> {
+        if self.paused() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is paused: cannot exec {exec_id} in a paused state (resume it first)",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
     pub fn paused(&self) -> bool {
         self.init.exit().is_none() && self.cgroup.as_ref().is_some_and(Cgroup::is_frozen)
     }

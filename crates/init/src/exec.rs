@@ -10,7 +10,8 @@
 //! 2. helper: fork E1, which joins the user namespace first (full capabilities inside it are
 //!    what joining the others requires), then the others, then forks E2 into the pid namespace,
 //!    reports E2's host pid and exits;
-//! 3. helper: put E2 in the container's cgroup from the host side, tell it to go on;
+//! 3. helper: put E2 in the container's cgroup and give it the init's `oom_score_adj`, from the
+//!    host side; tell it to go on;
 //! 4. E2: limits, groups, ids, capabilities, cwd ([`crate::container::become_process`]);
 //!    report ready, block until started, exec with stdio only.
 //!
@@ -96,6 +97,7 @@ pub(crate) fn exec(plan: &ExecPlan) -> Result<(i32, Option<OwnedFd>), InitError>
                 .and_then(|cg| cg.add(raw))
                 .map_err(InitError::io(format!("join cgroup {path}")))?;
         }
+        same_oom_score_as_init(plan.init_pid, raw)?;
         chan.send(&Sync::Proceed)?;
         let console = crate::create::await_ready(&mut chan)?;
         Ok((raw, console))
@@ -107,6 +109,21 @@ pub(crate) fn exec(plan: &ExecPlan) -> Result<(i32, Option<OwnedFd>), InitError>
         }
     }
     result
+}
+
+/// The exec'd process is killed in the container's order under memory pressure, not protected
+/// like the shim it was forked from (it inherits the shim's `oom_score_adj`).
+fn same_oom_score_as_init(init: i32, pid: i32) -> Result<(), InitError> {
+    let theirs = format!("/proc/{init}/oom_score_adj");
+    let score = fs::read_to_string(&theirs).map_err(InitError::io(format!("read {theirs}")))?;
+    let ours = format!("/proc/{pid}/oom_score_adj");
+    if fs::read_to_string(&ours).ok().as_deref() != Some(score.as_str()) {
+        fs::write(&ours, score.trim()).map_err(InitError::io(format!(
+            "set oom_score_adj {} of the exec'd process, as its container's",
+            score.trim()
+        )))?;
+    }
+    Ok(())
 }
 
 /// E1 (step 2). Never returns.
