@@ -242,6 +242,18 @@ fn setup(
     // Step 4.
     chdir(root).map_err(InitError::sys(format!("chdir {}", root.display())))?;
     pivot_root(".", ".").map_err(InitError::sys("pivot_root"))?;
+    // The old root is stacked under the new one at "."; with rootfsPropagation shared it is
+    // still a peer of the host's mounts, and detaching it would propagate the unmounts to the
+    // host. Made a recursive slave first, its removal stays in this namespace (runc does the
+    // same).
+    sys_mount(
+        None,
+        Path::new("."),
+        None,
+        libc::MS_SLAVE | libc::MS_REC,
+        None,
+    )
+    .map_err(mount_err("make the old root rslave", Path::new(".")))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(InitError::sys("detach the old root"))?;
     chdir("/").map_err(InitError::sys("chdir /"))?;
     if linux.rootfs_propagation().is_some() {
