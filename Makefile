@@ -1,13 +1,14 @@
 # The project's entry points. README and .ci/run use these targets.
 #   make demo   install the peers, build, run a user-namespaced container end to end
 #   make test   install the peers, then every test: unit, and privileged integration tests
-#               against real containerd 1.6 and 2.4.2 (needs root)
+#               against real containerd 1.6 and 2.4.2, and the ctr and CRI flows on containerd
+#               2.0, 2.1, 2.2 and 2.3 (needs root)
 CARGO ?= cargo
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 SHIM_DEBUG := $(TARGET_DIR)/debug/containerd-shim-usernsrs-v2
 SHIM_RELEASE := $(TARGET_DIR)/release/containerd-shim-usernsrs-v2
 
-.PHONY: peers build build-debug demo test lint unit integration install
+.PHONY: peers build build-debug demo test lint unit integration lines install
 
 peers:
 	bash hack/install-peers.sh
@@ -31,7 +32,11 @@ unit:
 integration: peers build-debug
 	USERNSRS_SHIM=$(SHIM_DEBUG) bash hack/no-leaks.sh $(CARGO) test -p usernsrs-integration -- --test-threads=1
 
-test: lint unit integration
+# The ctr and CRI flows of integration/line-tests.txt on every other containerd 2.x line.
+lines: peers build-debug
+	USERNSRS_SHIM=$(SHIM_DEBUG) CARGO=$(CARGO) bash hack/no-leaks.sh bash hack/containerd-lines.sh
+
+test: lint unit integration lines
 
 # Puts the release binary where containerd looks for it (PATH).
 install: build

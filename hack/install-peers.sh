@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and the demo run against, and nothing else:
 #   - containerd 1.6 and runc 1.1 from Debian's packages (never started as a system service),
-#   - containerd v2.4.2, its ctr and containerd-shim-runc-v2, built from the Go module with the
-#     machine's Go into a cache outside the repository,
+#   - containerd v2.4.2 and the newest release of each other 2.x line (2.0 to 2.3), each with its
+#     ctr and containerd-shim-runc-v2, built from the Go module with the machine's Go into a
+#     cache outside the repository,
 #   - busybox-static, from which hack/build-images.sh makes the test images.
 # Idempotent: a second run on a warm machine takes about a second.
 set -euo pipefail
@@ -29,16 +30,37 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ $had_policy = 0 ]; then rm -f "$policy"; fi
 fi
 
-if [ ! -x "$PEERS/containerd" ] || [ ! -x "$PEERS/ctr" ] || [ ! -x "$PEERS/containerd-shim-runc-v2" ]; then
-  command -v go >/dev/null || { log "go is needed to build containerd $CONTAINERD2_VERSION"; exit 1; }
-  log "building containerd $CONTAINERD2_VERSION with $(go version) (a few minutes, cached in $PEERS)"
-  mkdir -p "$PEERS"
-  GOBIN="$PEERS" GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local \
-    go install -tags no_btrfs \
-      "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
-      "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION" \
-      "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
-fi
+# build_containerd VERSION: containerd, ctr and containerd-shim-runc-v2 of one 2.x release into
+# $CACHE/containerd-VERSION/bin. Built from a copy of the module's source (`go mod download`),
+# not with `go install pkg@version`, which refuses modules whose go.mod has replace (v2.0.x) or
+# exclude (v2.1.x) directives.
+build_containerd() {
+  local version=$1 bin="$CACHE/containerd-$1/bin"
+  if [ -x "$bin/containerd" ] && [ -x "$bin/ctr" ] && [ -x "$bin/containerd-shim-runc-v2" ]; then
+    return 0
+  fi
+  command -v go >/dev/null || { log "go is needed to build containerd $version"; exit 1; }
+  log "building containerd $version with $(go version) (a minute or two, cached in $bin)"
+  local module=github.com/containerd/containerd/v2 dir src
+  dir=$(GOFLAGS=-mod=mod go mod download -json "$module@$version" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$dir" ] || { log "go mod download gave no source directory for $module@$version"; exit 1; }
+  src=$(mktemp -d "$CACHE/containerd-src.XXXXXX")
+  cp -r "$dir/." "$src"
+  chmod -R u+w "$src"
+  mkdir -p "$bin"
+  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local \
+    go build -tags no_btrfs -o "$bin/" ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2)
+  rm -rf "$src"
+}
+
+# The 2.x lines users run (2.0 and 2.3 are long-term releases): the newest patch release of each
+# that the Go module proxy serves. The whole suite runs on $CONTAINERD2_VERSION; the ctr and CRI
+# flows on every line (Makefile: containerd-lines).
+CONTAINERD_LINES=${CONTAINERD_LINES:-v2.0.14 v2.1.9 v2.2.9 v2.3.7}
+for version in $CONTAINERD2_VERSION $CONTAINERD_LINES; do
+  build_containerd "$version"
+done
 # containerd 1.7 (Kubernetes 1.25/1.26 semantics), Debian trixie's package, unpacked into the
 # cache: its binaries need only libc >= 2.34. apt works from a private state directory so the
 # machine's own sources and package cache are left alone.

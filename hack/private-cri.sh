@@ -6,7 +6,8 @@
 # run inside it too (the streaming server listens on its 127.0.0.1).
 #
 #   private-cri.sh start DIR [2|1.7]  prints CONTAINERD_ADDRESS, NETNS, CRICTL (default 2:
-#                                     containerd v2.4.2; 1.7: Debian trixie's 1.7.24)
+#                                     containerd $CONTAINERD2_VERSION, v2.4.2 unless set;
+#                                     1.7: Debian trixie's 1.7.24)
 #   private-cri.sh crictl DIR ARGS... crictl against it, inside its network namespace
 #   private-cri.sh critest DIR ARGS.. critest against it, inside its network namespace
 #   private-cri.sh registry DIR       a registry on the namespace's 127.0.0.1:5000 serving the
@@ -24,6 +25,27 @@ BIN17="$CACHE/containerd-1.7/usr/bin"
 CRI_BIN="$CACHE/cri/bin"
 
 log() { printf '[private-cri] %s\n' "$*" >&2; }
+
+# How the `usernsrs` handler is declared to containerd $CONTAINERD2_VERSION's CRI. CRI reports a
+# handler as supporting user namespaces only after running its `-info`, and before v2.2.7, v2.3.4
+# and v2.4.0 it did that only for runtime_type io.containerd.runc.v2: on those lines the handler
+# is declared with runc's type and runtime_path naming this shim (which then receives runc's
+# options). Override with USERNSRS_CRI_HANDLER=type|runc-path.
+handler_style() {
+  if [ -n "${USERNSRS_CRI_HANDLER:-}" ]; then echo "$USERNSRS_CRI_HANDLER"; return; fi
+  case $CONTAINERD2_VERSION in
+    v2.0.* | v2.1.* | v2.2.[0-6] | v2.3.[0-3]) echo runc-path ;;
+    *) echo type ;;
+  esac
+}
+
+# The CNI section: v2.0 reads one `bin_dir`; v2.1 on take a list, `bin_dirs`.
+cni_bin_key() {
+  case $CONTAINERD2_VERSION in
+    v2.0.*) printf 'bin_dir = "%s"' "$1" ;;
+    *) printf 'bin_dirs = ["%s"]' "$1" ;;
+  esac
+}
 die() { log "$*"; exit 1; }
 # The network namespace is pinned by a bind mount at DIR/netns, not named with `ip netns add`:
 # that bind-mounts /run/netns onto itself the first time a machine names a namespace, a mount
@@ -61,6 +83,15 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.usernsrs]
       runtime_type = "io.containerd.usernsrs.v2"
 TOML
+}
+
+handler_toml() {
+  if [ "$(handler_style)" = runc-path ]; then
+    printf '    runtime_type = "io.containerd.runc.v2"\n    runtime_path = "%s"\n' \
+      "$1/bin/containerd-shim-usernsrs-v2"
+  else
+    printf '    runtime_type = "io.containerd.usernsrs.v2"\n'
+  fi
 }
 
 cmd_start() {
@@ -127,10 +158,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
     netns_mounts_under_state_dir = true
     restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["$dir/cni/bin"]
+    $(cni_bin_key "$dir/cni/bin")
     conf_dir = "$dir/cni/conf"
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.usernsrs]
-    runtime_type = "io.containerd.usernsrs.v2"
+$(handler_toml "$dir")
   [plugins."io.containerd.grpc.v1.cri"]
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"

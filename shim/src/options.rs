@@ -82,6 +82,9 @@ fn runc_options(bytes: &[u8]) -> Result<ShimOptions, OptionsError> {
         (!o.binary_name.is_empty(), "binary_name"),
         (!o.criu_image_path.is_empty(), "criu_image_path"),
         (!o.criu_work_path.is_empty(), "criu_work_path"),
+        // The shim manages cgroups through cgroupfs only, and stays where containerd put it.
+        (o.systemd_cgroup, "systemd_cgroup (SystemdCgroup)"),
+        (!o.shim_cgroup.is_empty(), "shim_cgroup (ShimCgroup)"),
     ] {
         if set {
             return Err(OptionsError::RuncOnly(name));
@@ -225,6 +228,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "containerd.runc.v1.Options: binary_name has no meaning for usernsrs"
+        );
+        let err = parse(Some(&runc(containerd_shim::api::Options {
+            systemd_cgroup: true,
+            ..Default::default()
+        })))
+        .expect_err("systemd cgroup");
+        assert_eq!(
+            err.to_string(),
+            "containerd.runc.v1.Options: systemd_cgroup (SystemdCgroup) has no meaning for usernsrs"
         );
     }
 
