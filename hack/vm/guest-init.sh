@@ -23,20 +23,25 @@ poweroff_now() {
 }
 trap poweroff_now EXIT
 
+# Step 1: the kernel's filesystems. Until the guest's own procfs is mounted, /proc is the
+# host's (through the 9p root): mount before reading anything there. /dev is the initramfs'
+# devtmpfs, moved here.
+mount -t proc proc /proc
 results=
-read -r -a cmdline < /proc/cmdline 2>/dev/null || mount -t proc proc /proc
 read -r -a cmdline < /proc/cmdline
 for arg in "${cmdline[@]}"; do
   case $arg in usernsrs.results=*) results=${arg#usernsrs.results=} ;; esac
 done
-
-# Step 1: the kernel's filesystems. /dev is the initramfs' devtmpfs, moved here.
-mountpoint -q /proc || mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
 ln -sf pts/ptmx /dev/ptmx 2>/dev/null || true
+# What udev would add and bash's process substitution (/dev/fd/N) needs.
+ln -sfn /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
 mount -t tmpfs -o mode=1777 shm /dev/shm
 # The host's /run (its containerd sockets, its systemd state) must not show through the overlay.
 mount -t tmpfs -o mode=0755 run /run
@@ -104,7 +109,8 @@ else
   echo "containerd_start_s=failed" >> "$results/facts.txt"
   log "private containerd did not start:"; cat "$smoke/start.err" >&2
 fi
-"$USERNSRS_REPO/hack/private-containerd.sh" stop "$smoke" 2>/dev/null || log "smoke containerd stop failed"
+"$USERNSRS_REPO/hack/private-containerd.sh" stop "$smoke" 2> "$smoke/stop.err" ||
+  { log "smoke containerd stop failed:"; cat "$smoke/stop.err" >&2; }
 rm -rf "$smoke"
 
 # Step 8: the tests, one process per test so that output (and a not-applicable marker) belongs
