@@ -10,7 +10,7 @@
 # (`<target> <executable> <test name>` per line); this writes:
 #   facts.txt         kernel, cgroup mounts and controllers, boot and containerd start times
 #   results.tsv       target, name, status (passed|FAILED|na), seconds, reason
-#   tests/<target>.<name>.log   the test's whole output
+#   tests/<target>.<name>.log   the test's whole output (.log.kmsg: kernel messages meanwhile)
 #   guest.rc          0 if no test failed, 1 otherwise; its presence means the guest finished
 # Any unexpected exit still powers off (panic=-1 and -no-reboot end QEMU otherwise).
 set -uo pipefail
@@ -124,10 +124,13 @@ while read -r target exe name; do
   logf="$results/tests/$target.$name.log"
   log "running $target $name"
   t0=$(date +%s)
+  kmsg_before=$(dmesg | wc -l)
   (cd "$CARGO_MANIFEST_DIR" && timeout --kill-after=10 "${USERNSRS_VM_TEST_TIMEOUT:-600}" \
     "$exe" --exact --test-threads=1 --nocapture "$name") > "$logf" 2>&1 < /dev/null
   rc=$?
   secs=$(( $(date +%s) - t0 ))
+  # The kernel's side of a failure (e.g. "overlayfs: failed to clone lowerpath") is in dmesg.
+  dmesg | tail -n +"$((kmsg_before + 1))" > "$logf.kmsg"
   reason=
   if [ $rc = 0 ] && grep -q '^test result: ok\. 1 passed' "$logf"; then
     status=passed

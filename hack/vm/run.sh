@@ -217,8 +217,11 @@ failed=0
         passed) printf '   %-15s %s %s (%ss)\n' passed "$target" "$name" "$secs" ;;
         na) printf '   %-15s %s %s (%ss): not applicable on %s: %s\n' "not applicable" "$target" "$name" "$secs" "$RELEASE" "$reason" ;;
         *) failed=1; printf '   %-15s %s %s (%ss): %s\n' FAILED "$target" "$name" "$secs" "$reason"
-          grep -m3 -E 'Error:|panicked|overlayfs|EINVAL|Invalid argument' "$res/tests/$target.$name.log" 2>/dev/null |
-            cut -c1-200 | sed 's/^/                     | /' || true ;;
+          # The daemon's own words, then the kernel's, else the test's first error line.
+          { grep -m2 -E '^ctr: |panicked at' "$res/tests/$target.$name.log" ||
+              grep -m1 -E 'Error:' "$res/tests/$target.$name.log"
+            grep -m2 -E 'overlayfs|idmap|cgroup' "$res/tests/$target.$name.log.kmsg"
+          } 2>/dev/null | cut -c1-400 | sed 's/^/                     | /' || true ;;
       esac
     done < <(cat "$res/results.tsv" 2>/dev/null)
     ran=$(wc -l < "$res/results.tsv" 2>/dev/null || echo 0)
