@@ -200,7 +200,12 @@ for key in "${KEYS[@]}"; do
 done
 
 # Step 7: the summary.
-fact() { sed -n "s/^$1=//p" "$2/facts.txt" 2>/dev/null | head -n 1; }
+# fact KEY DIR: a value from the guest's facts.txt, "?" when the guest did not get that far.
+fact() {
+  local v
+  v=$(sed -n "s/^$1=//p" "$2/facts.txt" 2>/dev/null | head -n 1)
+  echo "${v:-?}"
+}
 failed=0
 {
   echo "VM test bed: $n_tests test(s) from ${TEST_LIST#"$REPO"/}, accelerator ${accel[*]}"
@@ -224,7 +229,8 @@ failed=0
           } 2>/dev/null | cut -c1-400 | sed 's/^/                     | /' || true ;;
       esac
     done < <(cat "$res/results.tsv" 2>/dev/null)
-    ran=$(wc -l < "$res/results.tsv" 2>/dev/null || echo 0)
+    ran=0
+    [ ! -f "$res/results.tsv" ] || ran=$(wc -l < "$res/results.tsv")
     if [ "${VM_OK[$key]}" != ok ] || [ "$ran" -ne "$n_tests" ]; then
       failed=1
       echo "   VM ${VM_OK[$key]}: $ran of $n_tests test(s) reported; serial log tail ($res/serial.log):"
