@@ -42,6 +42,14 @@ test: lint unit integration lines
 install: build
 	install -m 0755 $(SHIM_RELEASE) /usr/local/bin/containerd-shim-usernsrs-v2
 
+# The integration tests of integration/vm-tests.txt inside QEMU guests running Debian's 6.1,
+# 6.12 and trixie-backports kernels with pure cgroup v2 (needs root; about 5 minutes per kernel
+# under TCG; USERNSRS_VM_KERNELS="6.12" picks kernels). Summary:
+# ${USERNSRS_CACHE:-/var/cache/usernsrs}/vm/results/summary.txt.
+.PHONY: vm-test
+vm-test: peers build-debug
+	USERNSRS_SHIM=$(SHIM_DEBUG) bash hack/vm/run.sh
+
 # Benchmarks against runc and crun on private containerd 1.6 and 2.4.2 (not a test; about 12
 # minutes; needs root): docs/bench/results.json, PNG plots and docs/bench/README.md.
 .PHONY: bench
