@@ -278,11 +278,24 @@ pub fn delete(flags: &Flags) -> anyhow::Result<()> {
     } else {
         PathBuf::from(&flags.bundle)
     };
+    // The spec's cgroupsPath, or the one the shim gave a container without it (the bundle
+    // directory is named after the container).
+    let id = bundle
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut cgroup = std::fs::read_to_string(bundle.join("config.json"))
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|spec| spec["linux"]["cgroupsPath"].as_str().map(str::to_string))
-        .filter(|p| !p.is_empty())
+        .map(|spec| {
+            spec["linux"]["cgroupsPath"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .map_or_else(
+                    || usernsrs_init::cgroup::default_cgroups_path(&flags.namespace, &id),
+                    str::to_string,
+                )
+        })
         .and_then(|p| Cgroup::new(Path::new(CGROUP_ROOT), &p).ok());
     let mut pid = 0;
     if let Some(state) = std::fs::read_to_string(bundle.join(INIT_STATE_FILE))

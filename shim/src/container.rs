@@ -66,6 +66,8 @@ pub struct Container {
     mapping: Option<UserMapping>,
     /// The container's seccomp profile, applied to exec'd processes too.
     seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// `linux.devices`: an Update's device rules get the same allowances as the create's.
+    devices: Vec<oci_spec::runtime::LinuxDevice>,
     execs: Execs,
 }
 
@@ -90,6 +92,12 @@ impl Container {
         let cgroups_path = plan.cgroups_path.clone();
         let mapping = plan.user_namespace.mapping().cloned();
         let seccomp = plan.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let devices = plan
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().clone())
+            .unwrap_or_default();
         let own_pid_ns = plan
             .namespaces
             .iter()
@@ -172,6 +180,7 @@ impl Container {
             owned_cgroup,
             mapping,
             seccomp,
+            devices,
             execs,
         }))
     }
@@ -423,8 +432,20 @@ impl Container {
             )));
         }
         let cg = self.cgroup_for("update")?;
-        cg.apply(&Limits::from_resources(resources))
-            .map_err(|e| ShimError::InvalidArgument(format!("update {}: {e}", self.id)))
+        let invalid = |e: usernsrs_init::cgroup::CgroupError| {
+            ShimError::InvalidArgument(format!(
+                "update {}: {}",
+                self.id,
+                usernsrs_init::error_chain(&e)
+            ))
+        };
+        let mut limits = Limits::from_resources(resources).map_err(invalid)?;
+        // An Update that names device rules gets the defaults again, as at create: CRI sends
+        // the container's whole resources, whose rules are only "deny all".
+        if !limits.devices.is_empty() {
+            limits.allow_container_devices(&self.devices);
+        }
+        cg.apply(&limits).map_err(invalid)
     }
 
     /// The processes of the container: its cgroup's, or the init alone without a cgroup.

@@ -234,6 +234,14 @@ impl Service {
             ))
         })?;
         plan.chown_fallback = options.slow_chown;
+        // Device rules and limits always need a cgroup: without linux.cgroupsPath (a spec
+        // from `ctr c create --config`) the container gets one of its own, as with runc.
+        if plan.cgroups_path.is_none() {
+            plan.cgroups_path = Some(usernsrs_init::cgroup::default_cgroups_path(
+                self.events.namespace(),
+                &req.id,
+            ));
+        }
         log::info!(
             "{}: user namespace {:?}, rootfs {:?}",
             req.id,

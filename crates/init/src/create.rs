@@ -24,7 +24,7 @@
 //! Any failure rolls back what was done so far: C2 and C1 are killed and reaped, mounts made in
 //! step 3 are detached, the cgroup is removed. Nothing is left behind.
 
-use crate::cgroup::{Cgroup, CGROUP_ROOT};
+use crate::cgroup::{Cgroup, Limits, CGROUP_ROOT};
 use crate::overlay::{mount_over_idmapped_layers, mount_overlay_of, OverlayParts};
 use crate::proto::{HelperReply, HelperRequest, Sync, CONTROL_FD};
 use crate::{error_chain, InitError};
@@ -298,26 +298,30 @@ fn create_steps(
     waitpid(c1, None).map_err(InitError::sys("wait for stage one"))?;
     undo.c1 = None;
 
-    // Step 5: cgroup and OOM score, from the host side.
+    // Step 5: cgroup and OOM score, from the host side, while C2 waits: the limits and the
+    // device rules (on cgroup v2 an eBPF program attached to the cgroup) are in place before
+    // the container's process runs anything of its own. A cgroup made here is removed again
+    // if any of it fails; one that existed before (shared on purpose) is left alone.
     if let Some(path) = &plan.cgroups_path {
+        let cgroup = |err| InitError::Cgroup {
+            context: format!("cgroup {path}"),
+            err,
+        };
         let cg = Cgroup::new(Path::new(CGROUP_ROOT), path)
             .map_err(InitError::io(format!("cgroup {path}")))?;
-        cg.create()
-            .map_err(InitError::io(format!("create cgroup {path}")))?;
-        undo.cgroup = Some(cg.clone());
-        if let Some(resources) = plan
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-        {
-            let mut limits = crate::cgroup::Limits::from_resources(resources);
-            let devices = plan.spec.linux().as_ref().and_then(|l| l.devices().clone());
-            limits.allow_container_devices(&devices.unwrap_or_default());
-            cg.apply(&limits).map_err(InitError::io(format!(
-                "apply linux.resources to cgroup {path}"
-            )))?;
+        let existed = cg.exists();
+        let linux = plan.spec.linux().as_ref();
+        let mut limits = match linux.and_then(|l| l.resources().as_ref()) {
+            Some(resources) => Limits::from_resources(resources).map_err(cgroup)?,
+            None => Limits::default(),
+        };
+        let devices = linux.and_then(|l| l.devices().clone());
+        limits.allow_container_devices(&devices.unwrap_or_default());
+        if !existed {
+            undo.cgroup = Some(cg.clone());
         }
+        cg.create().map_err(cgroup)?;
+        cg.apply(&limits).map_err(cgroup)?;
         cg.add(raw)
             .map_err(InitError::io(format!("join cgroup {path}")))?;
     }

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cleanup;
 mod container;
 pub mod create;
+pub mod devices;
 mod exec;
 pub mod fallback;
 pub mod overlay;
@@ -81,6 +82,12 @@ pub enum InitError {
         kernel: String,
         #[source]
         err: std::io::Error,
+    },
+    #[error("{context}")]
+    Cgroup {
+        context: String,
+        #[source]
+        err: cgroup::CgroupError,
     },
     #[error("{0}")]
     Container(String),

@@ -350,8 +350,16 @@ impl Drop for NamespaceCgroups {
         let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else {
             return;
         };
-        let mut dirs = vec![Path::new("/sys/fs/cgroup").join(self.0)];
-        dirs.extend(entries.flatten().map(|e| e.path().join(self.0)));
+        // Also the parents of the cgroups the shim gives containers without cgroupsPath:
+        // /usernsrs/NS and /usernsrs.
+        let mut dirs = Vec::new();
+        for hierarchy in std::iter::once(PathBuf::from("/sys/fs/cgroup"))
+            .chain(entries.flatten().map(|e| e.path()))
+        {
+            dirs.push(hierarchy.join(self.0));
+            dirs.push(hierarchy.join("usernsrs").join(self.0));
+            dirs.push(hierarchy.join("usernsrs"));
+        }
         for dir in dirs {
             // rmdir only: a cgroup directory is removable exactly when it has no children.
             let _ = fs::remove_dir(dir);
