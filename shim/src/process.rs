@@ -5,8 +5,9 @@
 //! - the process is created by the helper (a fresh exec of this binary), never by forking
 //!   inside the tokio runtime;
 //! - its TaskExit is queued only after Start queued TaskStart/TaskExecStarted (the `lifecycle`
-//!   lock orders them), after its output was drained, and after the caller's gate (the init
-//!   waits for its exec'd processes).
+//!   lock orders them), after the caller's gate (the init kills what is left of a container
+//!   without its own pid namespace, then waits for its exec'd processes), and after its output
+//!   was drained, under one deadline for stdout and stderr together.
 
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
@@ -303,7 +304,7 @@ impl Process {
         Ok((process, exit_rx))
     }
 
-    /// The exit path: reaped → output drained → `gate` → after Start's event → TaskExit.
+    /// The exit path: reaped → `gate` → output drained → after Start's event → TaskExit.
     pub fn publish_exit(
         self: &Arc<Self>,
         exit_rx: oneshot::Receiver<i32>,
@@ -313,8 +314,10 @@ impl Process {
         let p = self.clone();
         tokio::spawn(async move {
             let code = exit_rx.await.unwrap_or(255);
-            p.io.lock().await.drain(DRAIN_LIMIT).await;
+            // The gate first: it kills what is left of the container, which may be what still
+            // holds the output open; the drain then ends as soon as the copies catch up.
             gate.await;
+            p.io.lock().await.drain(DRAIN_LIMIT).await;
             let _order = p.lifecycle.lock().await;
             let at = SystemTime::now();
             {

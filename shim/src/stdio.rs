@@ -365,13 +365,15 @@ impl ProcessIo {
         }
     }
 
-    /// Waits (at most `limit`) until the process's output reached containerd, then stops
-    /// copying. Called when the process exited, before its exit is published.
+    /// Waits (at most `limit` for all outputs together) until the process's output reached
+    /// containerd, then stops copying. Called when the process exited, before its exit is
+    /// published.
     pub async fn drain(&mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         let outputs = std::mem::take(&mut self.outputs);
         for handle in outputs {
             let abort = handle.abort_handle();
-            if tokio::time::timeout(limit, handle).await.is_err() {
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
                 abort.abort();
             }
         }
