@@ -38,8 +38,8 @@ use serde_json::{json, Value};
 use usernsrs_integration::{mountinfo_lines, mounts_under, Flavor};
 
 use common::{
-    add_user_namespace, kernel_release, lines, mount_at, owner, require_kernel, run_lines,
-    set_mapping, unique_id, unpack_busybox, Env, HostMount, RUNTIME, SETTLE,
+    add_user_namespace, kernel_at_least, kernel_release, lines, mount_at, owner, require_kernel,
+    run_lines, set_mapping, unique_id, unpack_busybox, Env, HostMount, RUNTIME, SETTLE,
 };
 
 /// The containerd namespace of these tests (see [`common::NS`]).
@@ -1032,6 +1032,34 @@ fn unsupported_filesystem(flavor: Flavor) -> Result<()> {
     if let Some(err) = failures.check("an idmapped ramfs", refused) {
         eprintln!("{flavor}: the ramfs volume is refused with:\n{err}");
     }
+    // Before Linux 6.3 a tmpfs cannot be idmapped either: the refusal names it and the kernel
+    // it needs (on newer kernels the tmpfs cases of the recursion test run instead).
+    let tmpfs = if kernel_at_least(6, 3)? {
+        None
+    } else {
+        Some(HostMount::new(
+            "tmpfs",
+            &env.dir().join("tmpfs-src"),
+            "mode=0755",
+        )?)
+    };
+    if let Some(tmp) = &tmpfs {
+        let id = unique_id("tmpfs-old-kernel");
+        let mut spec = userns_spec(&env, &id, &rootfs, "echo must-not-run")?;
+        add_mounts(
+            &mut spec,
+            vec![bind("/tmpfs", tmp.path(), &["rbind", "idmap"])],
+        )?;
+        let tmp_source = tmp.path().to_string_lossy().into_owned();
+        let refused = expect_refused(
+            &env,
+            &id,
+            &spec,
+            "an idmapped tmpfs before Linux 6.3",
+            &["/tmpfs", &tmp_source, "tmpfs", &kernel, "tmpfs 6.3+"],
+        );
+        failures.check("an idmapped tmpfs before Linux 6.3", refused);
+    }
 
     // The way out the error names: no idmap. A plain bind of the same ramfs mounts, and host
     // root's file is the overflow id inside.
@@ -1052,9 +1080,17 @@ fn unsupported_filesystem(flavor: Flavor) -> Result<()> {
     );
     failures.check(
         "with the ramfs still mounted",
-        assert_clean(&env, &[ram.path()], "the ramfs volumes"),
+        assert_clean(
+            &env,
+            &[Some(ram.path()), tmpfs.as_ref().map(HostMount::path)]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            "the ramfs volumes",
+        ),
     );
     drop(ram);
+    drop(tmpfs);
     failures.check(
         "after unmounting the ramfs",
         assert_clean(&env, &[], "unmounting the test's ramfs"),

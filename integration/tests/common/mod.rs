@@ -628,6 +628,16 @@ pub fn kernel_release() -> Result<String> {
         .to_owned())
 }
 
+/// Whether the running kernel is `major.minor` or newer.
+pub fn kernel_at_least(major: u32, minor: u32) -> Result<bool> {
+    let release = kernel_release()?;
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    Ok(have >= (major, minor))
+}
+
 /// The marker the VM test bed (hack/vm) looks for in a failed test's output to report it as
 /// not applicable on that kernel rather than as a failure. Anywhere else it is a failure.
 pub const NOT_APPLICABLE: &str = "usernsrs-not-applicable:";
@@ -636,11 +646,7 @@ pub const NOT_APPLICABLE: &str = "usernsrs-not-applicable:";
 /// `feature` needs. Never a pass: a test that cannot run here must not look like one that did.
 pub fn require_kernel(major: u32, minor: u32, feature: &str) -> Result<()> {
     let release = kernel_release()?;
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if have < (major, minor) {
+    if !kernel_at_least(major, minor)? {
         println!("{NOT_APPLICABLE} {feature} needs Linux {major}.{minor}+, this is {release}");
         bail!("{feature} needs Linux {major}.{minor}+; this kernel is {release}");
     }
