@@ -1,8 +1,9 @@
 # The project's entry points. README and .ci/run use these targets.
 #   make demo   install the peers, build, run a user-namespaced container end to end
 #   make test   install the peers, then every test: unit, and privileged integration tests
-#               against real containerd 1.6 and 2.4.2, and the ctr and CRI flows on containerd
-#               2.0, 2.1, 2.2 and 2.3 (needs root)
+#               against real containerd 1.6 and 2.4.2, the ctr and CRI flows on containerd
+#               2.0, 2.1, 2.2 and 2.3, and the kernel-dependent tests in VMs running Debian's
+#               6.1, 6.12 and newest kernels with pure cgroup v2 (needs root)
 CARGO ?= cargo
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 SHIM_DEBUG := $(TARGET_DIR)/debug/containerd-shim-usernsrs-v2
@@ -36,7 +37,7 @@ integration: peers build-debug
 lines: peers build-debug
 	USERNSRS_SHIM=$(SHIM_DEBUG) CARGO=$(CARGO) bash hack/no-leaks.sh bash hack/containerd-lines.sh
 
-test: lint unit integration lines
+test: lint unit integration lines vm-test
 
 # Puts the release binary where containerd looks for it (PATH).
 install: build
@@ -48,7 +49,7 @@ install: build
 # ${USERNSRS_CACHE:-/var/cache/usernsrs}/vm/results/summary.txt.
 .PHONY: vm-test
 vm-test: peers build-debug
-	USERNSRS_SHIM=$(SHIM_DEBUG) bash hack/vm/run.sh
+	USERNSRS_SHIM=$(SHIM_DEBUG) bash hack/no-leaks.sh bash hack/vm/run.sh
 
 # Benchmarks against runc and crun on private containerd 1.6 and 2.4.2 (not a test; about 12
 # minutes; needs root): docs/bench/results.json, PNG plots and docs/bench/README.md.
