@@ -22,6 +22,7 @@
 #   USERNSRS_VM_TIMEOUT   hard limit per VM in seconds, default 900
 #   USERNSRS_VM_TEST_TIMEOUT  limit per test inside the guest, default 600
 #   USERNSRS_VM_MEMORY    guest memory, default 4G
+#   USERNSRS_VM_JOBS      VMs side by side, default the number of cores
 #   USERNSRS_SHIM         the shim under test, default the debug build
 # Exits non-zero if a test FAILED on any kernel or a VM did not finish (the serial log's tail
 # is shown). A test printing `usernsrs-not-applicable: <reason>` is reported, not counted.
@@ -126,30 +127,28 @@ accel=(-accel tcg,thread=single -cpu max)
 if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then accel=(-accel kvm -cpu host); fi
 log "accelerator: ${accel[*]}"
 
-qemu_pid=''
-disk=''
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
-  local pid
-  if [ -n "$qemu_pid" ]; then
+  local key pid
+  for key in "${KEYS[@]}"; do
     # Only the QEMU this script started, by its pid, checked against its command line.
-    pid=$(cat "$qemu_pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-name usernsrs-vm-"; then
+    pid=$(cat "$VM_CACHE/qemu-$key.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-name usernsrs-vm-$key"; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
-  fi
-  [ -z "$disk" ] || rm -f "$disk"
+    rm -f "$VM_CACHE/qemu-$key.pid" "$VM_CACHE/disk-$key.img"
+  done
   rm -f "$resolved"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-declare -A WALL=() VM_OK=()
-for key in "${KEYS[@]}"; do
-  RELEASE='' PACKAGE='' VERSION='' VMLINUZ='' MODULES=''
+# boot_vm KEY: one VM for one kernel; its wall time and outcome land in its results directory.
+boot_vm() {
+  local key=$1 RELEASE='' PACKAGE='' VERSION='' VMLINUZ='' MODULES=''
   # shellcheck source=/dev/null
   . "$VM_CACHE/kernels/$key.env"
-  res="$RESULTS/$key"
+  local res="$RESULTS/$key"
   rm -rf "${res:?}"
   mkdir -p "$res"
   cp "$resolved" "$res/tests.list"
@@ -164,16 +163,14 @@ for key in "${KEYS[@]}"; do
   } > "$res/env.sh"
 
   # A fresh disk per VM: nothing a previous run left can change this one's outcome.
-  disk="$VM_CACHE/disk-$key.img"
-  rm -f "$disk"
+  local disk="$VM_CACHE/disk-$key.img" qemu_pid="$VM_CACHE/qemu-$key.pid"
+  rm -f "$disk" "$qemu_pid"
   truncate -s "$DISK_SIZE" "$disk"
   mkfs.ext4 -q -F -L usernsrs-vm "$disk"
 
-  qemu_pid="$VM_CACHE/qemu-$key.pid"
-  rm -f "$qemu_pid"
   log "$key: booting $PACKAGE $VERSION ($RELEASE), serial log $res/serial.log"
+  local t0 rc=0 outcome
   t0=$(date +%s)
-  rc=0
   timeout --kill-after=10 "$VM_TIMEOUT" qemu-system-x86_64 \
     -name "usernsrs-vm-$key" -pidfile "$qemu_pid" \
     "${accel[@]}" -m "$MEMORY" -smp 1 \
@@ -186,17 +183,33 @@ for key in "${KEYS[@]}"; do
     -device virtio-9p-pci,fsdev=results,mount_tag=results \
     -drive "file=$disk,if=virtio,format=raw" \
     < /dev/null > "$res/qemu.out" 2>&1 || rc=$?
-  WALL[$key]=$(( $(date +%s) - t0 ))
+  echo $(( $(date +%s) - t0 )) > "$res/wall"
   rm -f "$disk" "$qemu_pid"
-  disk='' qemu_pid=''
   if [ -f "$res/guest.rc" ]; then
-    VM_OK[$key]=ok
+    outcome=ok
   elif [ $rc = 124 ] || [ $rc = 137 ]; then
-    VM_OK[$key]="timed out after ${VM_TIMEOUT}s"
+    outcome="timed out after ${VM_TIMEOUT}s"
   else
-    VM_OK[$key]="did not finish (qemu exit $rc)"
+    outcome="did not finish (qemu exit $rc)"
   fi
-  log "$key: ${VM_OK[$key]}, wall ${WALL[$key]}s"
+  echo "$outcome" > "$res/outcome"
+  log "$key: $outcome, wall $(cat "$res/wall")s"
+}
+
+# The VMs run side by side, one per core (each TCG guest is single-threaded): on two cores the
+# three kernels take two VM lengths instead of three. USERNSRS_VM_JOBS overrides.
+JOBS=${USERNSRS_VM_JOBS:-$(nproc)}
+t_all=$(date +%s)
+for key in "${KEYS[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  boot_vm "$key" &
+done
+wait
+log "all VMs done in $(( $(date +%s) - t_all ))s ($JOBS at a time)"
+declare -A WALL=() VM_OK=()
+for key in "${KEYS[@]}"; do
+  WALL[$key]=$(cat "$RESULTS/$key/wall" 2>/dev/null || echo '?')
+  VM_OK[$key]=$(cat "$RESULTS/$key/outcome" 2>/dev/null || echo 'did not start')
 done
 
 # Step 7: the summary.
