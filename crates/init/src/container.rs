@@ -240,12 +240,23 @@ fn setup(
     }
 
     // Step 4.
+    // The old root is held by fd so that, after pivot_root stacks it on the new root, "." can
+    // name it and nothing else: the path "." from the new root does not reliably reach the
+    // mount stacked on it, and making the NEW root's tree rslave would cut its volumes from
+    // their host peers (critest's bidirectional propagation failed that way).
+    let old_root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(InitError::sys("open the old root"))?;
     chdir(root).map_err(InitError::sys(format!("chdir {}", root.display())))?;
     pivot_root(".", ".").map_err(InitError::sys("pivot_root"))?;
-    // The old root is stacked under the new one at "."; with rootfsPropagation shared it is
-    // still a peer of the host's mounts, and detaching it would propagate the unmounts to the
-    // host. Made a recursive slave first, its removal stays in this namespace (runc does the
-    // same).
+    nix::unistd::fchdir(&old_root).map_err(InitError::sys("fchdir to the old root"))?;
+    drop(old_root);
+    // With rootfsPropagation shared the old root is still a peer of the host's mounts, and
+    // detaching it would propagate the unmounts to the host. Made a recursive slave first, its
+    // removal stays in this namespace (runc does the same).
     sys_mount(
         None,
         Path::new("."),
