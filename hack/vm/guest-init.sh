@@ -73,8 +73,20 @@ echo /sbin/modprobe > /proc/sys/kernel/modprobe
 
 # Step 5: a real disk where containerd needs one: an overlayfs upper dir cannot be on 9p nor
 # on an overlay. /tmp (the tests' containerd directories) and /var/lib/containerd live on it.
+# Host paths the tests need that lie under /tmp (a checkout or cache there) are set aside first
+# and bound back on top of the disk, so the guest sees them where the host does.
+keep=()
+read -r -a keep <<< "${USERNSRS_VM_KEEP:-}"
+for i in "${!keep[@]}"; do
+  mkdir -p "/run/usernsrs-keep/$i"
+  mount --bind "${keep[$i]}" "/run/usernsrs-keep/$i"
+done
 mount -t ext4 /dev/vda /tmp || { log "cannot mount the ext4 disk on /tmp"; exit 1; }
 chmod 1777 /tmp
+for i in "${!keep[@]}"; do
+  mkdir -p "${keep[$i]}"
+  mount --bind "/run/usernsrs-keep/$i" "${keep[$i]}"
+done
 mkdir -p /tmp/.vm/var-lib-containerd /var/lib/containerd
 mount --bind /tmp/.vm/var-lib-containerd /var/lib/containerd
 
@@ -156,6 +168,7 @@ left=$(awk '$2 ~ "^/tmp/usernsrs-" { print $2 }' /proc/mounts)
 
 echo "$failed" > "$results/guest.rc"
 sync
+for ((i = ${#keep[@]} - 1; i >= 0; i--)); do umount "${keep[$i]}" 2>/dev/null; done
 umount /var/lib/containerd /tmp "/lib/modules/$release" 2>/dev/null
 exec > /dev/console 2>&1
 sleep 0.5   # tee lets go of guest.log

@@ -47,13 +47,19 @@ die() { log "$*"; exit 1; }
 # under PATH DIR: true when PATH is DIR or lies below it.
 under() { [ "$1" = "$2" ] || [ "${1#"$2"/}" != "$1" ]; }
 
-# The guest mounts its own /tmp, /run, /dev, /proc and /sys: a path the guest must see as the
-# host does cannot live there.
+# The guest mounts its own /run, /dev, /proc and /sys: a path the guest must see as the host
+# does cannot live there. /tmp is the guest's disk, but paths under it (a checkout in /tmp) are
+# bound back over it by the guest: they are collected in KEEP.
+KEEP=()
 check_visible() {
   local what=$1 path=$2 d
-  for d in /tmp /run /dev /proc /sys; do
+  for d in /run /dev /proc /sys; do
     under "$path" "$d" && die "$what ($path) is under $d, which the guest mounts over: move it"
   done
+  if under "$path" /tmp; then
+    [[ "$path" != *' '* ]] || die "$what ($path) is under /tmp and has a space in its path"
+    KEEP+=("$path")
+  fi
   return 0
 }
 
@@ -159,7 +165,8 @@ boot_vm() {
       USERNSRS_SHIM "$SHIM" USERNSRS_CACHE "$CACHE" CARGO_TARGET_DIR "$TARGET_DIR" \
       CARGO_MANIFEST_DIR "$REPO/integration" USERNSRS_REPO "$REPO" PATH "$PATH" \
       RUST_BACKTRACE 1 HOME /root USERNSRS_KERNEL_UNDER_TEST "$RELEASE" USERNSRS_VM_KEY "$key" \
-      USERNSRS_VM_MODULES "$MODULES" USERNSRS_VM_TEST_TIMEOUT "${USERNSRS_VM_TEST_TIMEOUT:-600}"
+      USERNSRS_VM_MODULES "$MODULES" USERNSRS_VM_TEST_TIMEOUT "${USERNSRS_VM_TEST_TIMEOUT:-600}" \
+      USERNSRS_VM_KEEP "${KEEP[*]}"
   } > "$res/env.sh"
 
   # A fresh disk per VM: nothing a previous run left can change this one's outcome.
