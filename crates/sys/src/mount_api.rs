@@ -153,12 +153,6 @@ impl DetachedMount {
         let st = nix::sys::stat::fstat(&self.fd)?;
         Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
     }
-
-    /// A path that resolves to the root of the detached tree while this value lives
-    /// (`/proc/self/fd/N`), usable as an overlayfs `lowerdir` without attaching the tree.
-    pub fn proc_path(&self) -> std::path::PathBuf {
-        std::path::PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
-    }
 }
 
 impl AsFd for DetachedMount {
