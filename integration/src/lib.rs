@@ -72,9 +72,14 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
-/// The workspace root: the parent of this crate's directory.
+/// The workspace root: the parent of this crate's directory. Taken from the environment cargo
+/// sets when it runs a test (the checkout being tested) before the path compiled in: a target
+/// directory shared between checkouts (CI's cache) can hold a test binary compiled in another
+/// checkout, one that may be gone.
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let manifest_dir = manifest_dir.as_path();
     manifest_dir
         .parent()
         .map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)

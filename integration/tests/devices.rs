@@ -184,3 +184,196 @@ fn containerd16_root_path_block_node_gives_eperm_with_userns() -> Result<()> {
 fn containerd2_root_path_block_node_gives_eperm_with_userns() -> Result<()> {
     root_path_block_node_gives_eperm_with_userns(Flavor::Containerd2)
 }
+
+/// `/dev` bound from a host directory that is shared with the host, with rootfsPropagation
+/// rshared (CRI asks for it with a Bidirectional volume): the container's /dev is its source,
+/// so the shim makes no node there. Making them once created files in the source and bound the
+/// host's /dev/null and friends onto them, binds that propagated to the host for good.
+fn bound_dev_is_left_as_its_source_is(flavor: Flavor) -> Result<()> {
+    let env = Env::start_in(flavor, NS)?;
+    let rootfs = env.dir().join("rootfs");
+    unpack_busybox(&rootfs)?;
+    let source = common::HostMount::new("tmpfs", &env.dir().join("shared-dev"), "mode=755")?;
+    nix::mount::mount(
+        None::<&str>,
+        source.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .context("make the /dev source shared")?;
+    fs::write(source.path().join("marker"), "x")?;
+
+    let id = unique_id("bound-dev");
+    let mut spec = env.base_spec(&id, &rootfs, "ls /dev")?;
+    let mounts = spec["mounts"].as_array_mut().context("spec has mounts")?;
+    mounts.retain(|m| {
+        let dest = m["destination"].as_str().unwrap_or_default();
+        dest != "/dev" && !dest.starts_with("/dev/")
+    });
+    mounts.push(serde_json::json!({
+        "destination": "/dev",
+        "type": "bind",
+        "source": source.path(),
+        "options": ["rbind", "rshared"],
+    }));
+    spec["linux"]["rootfsPropagation"] = "rshared".into();
+    spec["linux"]["maskedPaths"] = serde_json::json!([]);
+    let run = env.create_and_start(&id, &spec)?;
+    ensure!(
+        run.status.success() && run.stdout.contains("marker"),
+        "{flavor}: the container must run and see its bound /dev; status {} stdout {:?} stderr {:?}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let mut entries: Vec<String> = fs::read_dir(source.path())?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    entries.sort();
+    let under = usernsrs_integration::mounts_under(source.path())?;
+    ensure!(
+        entries == ["marker"] && under == [source.path().to_path_buf()],
+        "{flavor}: the shim changed the bound /dev's source: entries {entries:?}, mounts {under:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd16_bound_dev_is_left_as_its_source_is() -> Result<()> {
+    bound_dev_is_left_as_its_source_is(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_bound_dev_is_left_as_its_source_is() -> Result<()> {
+    bound_dev_is_left_as_its_source_is(Flavor::Containerd2)
+}
+
+/// Without a user namespace the nodes of `linux.devices` are made with the spec's numbers,
+/// mode and owner, subdirectories too; they are not looked up on the host (which has no
+/// /dev/usernsrs-zero).
+fn spec_devices_are_made_as_the_spec_says(flavor: Flavor) -> Result<()> {
+    let env = Env::start_in(flavor, NS)?;
+    let rootfs = env.dir().join("rootfs");
+    unpack_busybox(&rootfs)?;
+    let id = unique_id("spec-devices");
+    let mut spec = env.base_spec(
+        &id,
+        &rootfs,
+        "stat -c '%n %t:%T %a %u:%g %F' /dev/usernsrs-zero /dev/sub/dir/null2 /dev/null \
+         /dev/usernsrs-fifo; head -c 3 /dev/usernsrs-zero | od -An -tx1",
+    )?;
+    spec["linux"]["devices"] = serde_json::json!([
+        {"path": "/dev/usernsrs-zero", "type": "c", "major": 1, "minor": 5,
+         "fileMode": 0o640, "uid": 7, "gid": 8},
+        {"path": "/dev/sub/dir/null2", "type": "c", "major": 1, "minor": 3, "fileMode": 0o600},
+        {"path": "/dev/usernsrs-fifo", "type": "p", "major": 0, "minor": 0, "fileMode": 0o620}
+    ]);
+    let run = env.create_and_start(&id, &spec)?;
+    for want in [
+        "/dev/usernsrs-zero 1:5 640 7:8 character special file",
+        "/dev/sub/dir/null2 1:3 600 0:0 character special file",
+        "/dev/null 1:3 666 0:0 character special file",
+        "/dev/usernsrs-fifo 0:0 620 0:0 fifo",
+        "00 00 00",
+    ] {
+        ensure!(
+            run.stdout.contains(want),
+            "{flavor}: expected {want:?}; status {} stdout {:?} stderr {:?}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn containerd16_spec_devices_are_made_as_the_spec_says() -> Result<()> {
+    spec_devices_are_made_as_the_spec_says(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_spec_devices_are_made_as_the_spec_says() -> Result<()> {
+    spec_devices_are_made_as_the_spec_says(Flavor::Containerd2)
+}
+
+/// Devices that cannot be made as the spec says are refused by name, with nothing left: a path
+/// outside /dev, one the host lacks in a user namespace (which cannot mknod, so binds the host's
+/// node), one whose host node is another device, and a /dev/null that is not 1:3 (masking
+/// with it would show another file in place of the masked one, CVE-2025-31133).
+fn refuses_devices_it_cannot_make_as_said(flavor: Flavor) -> Result<()> {
+    let env = Env::start_in(flavor, NS)?;
+    let rootfs = env.dir().join("rootfs");
+    unpack_busybox(&rootfs)?;
+    let cases = [
+        (
+            "a path out of /dev",
+            false,
+            serde_json::json!([{"path": "/dev/../etc/x", "type": "c", "major": 1, "minor": 3}]),
+            "linux.devices[0].path \"/dev/../etc/x\"",
+        ),
+        (
+            "a node the host lacks, in a user namespace",
+            true,
+            serde_json::json!([{"path": "/dev/usernsrs-absent", "type": "c", "major": 1, "minor": 5}]),
+            "linux.devices /dev/usernsrs-absent: a user namespace cannot mknod",
+        ),
+        (
+            "a host node that is another device, in a user namespace",
+            true,
+            serde_json::json!([{"path": "/dev/zero", "type": "c", "major": 1, "minor": 3}]),
+            "linux.devices /dev/zero: the host's /dev/zero is not the Char device 1:3",
+        ),
+        (
+            "a /dev/null that is not 1:3",
+            false,
+            serde_json::json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 5}]),
+            "/dev/null in the container is not the 1:3 character device",
+        ),
+    ];
+    for (what, userns, devices, message) in cases {
+        let id = unique_id("bad-device");
+        let mut spec = env.base_spec(&id, &rootfs, "echo must-not-run")?;
+        if userns {
+            add_user_namespace(&mut spec)?;
+            set_mapping(&mut spec, 100_000, 65_536);
+        }
+        spec["linux"]["devices"] = devices;
+        let before = env.our_mount_lines()?;
+        let run = env.create_and_start(&id, &spec)?;
+        ensure!(
+            !run.status.success() && !run.stdout.contains("must-not-run"),
+            "{flavor}: {what}: the task ran: {} {:?}",
+            run.status,
+            run.stdout
+        );
+        ensure!(
+            run.stderr.contains(message),
+            "{flavor}: {what}: stderr must say `{message}`:\n{}",
+            run.stderr
+        );
+        env.assert_no_shim(&format!("the refused create with {what}"))?;
+        let after = env.our_mount_lines()?;
+        ensure!(
+            after.is_subset(&before),
+            "{flavor}: {what}: mounts left: {:?}",
+            after.difference(&before).collect::<Vec<_>>()
+        );
+    }
+    ensure!(
+        !PathBuf::from("/etc/x").exists(),
+        "{flavor}: /etc/x was created on the host"
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd16_refuses_devices_it_cannot_make_as_said() -> Result<()> {
+    refuses_devices_it_cannot_make_as_said(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_refuses_devices_it_cannot_make_as_said() -> Result<()> {
+    refuses_devices_it_cannot_make_as_said(Flavor::Containerd2)
+}

@@ -695,6 +695,48 @@ fn containerd16_100_user_namespace_cycles_leak_nothing() -> Result<()> {
     )
 }
 
+/// A process that is not the container's root reopens its stdio (`/dev/stdout` is
+/// `/proc/self/fd/1`): the kernel checks the pipe's owner, which the shim may have set to the
+/// mapped root (ctr 2.x sends runc options with io_uid/io_gid of root for `--uidmap`). As runc
+/// does, the helper gives the process's stdio to its user before dropping root; once `echo err
+/// >/dev/stderr` failed with EACCES for user 1000 on containerd 2.4.2.
+fn non_root_user_reopens_its_stdio(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let id = unique_id("stdio-user");
+    // ctr 1.6 has no --user: containerd 2.x only.
+    let opts = [
+        "--uidmap",
+        "0:100000:65536",
+        "--gidmap",
+        "0:100000:65536",
+        "--user",
+        "1000:1000",
+        "--remap-labels",
+    ];
+    let out = env.run(
+        &opts,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "id -u; echo out >/dev/stdout && echo err >/dev/stderr",
+        ],
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && stdout.contains("1000\nout") && stderr.contains("err"),
+        "{flavor}: user 1000 must reopen /dev/stdout and /dev/stderr: {}\nstdout {stdout:?}\nstderr {stderr:?}",
+        out.status
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd2_non_root_user_reopens_its_stdio() -> Result<()> {
+    non_root_user_reopens_its_stdio(Flavor::Containerd2)
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. `-info`.
 // ---------------------------------------------------------------------------------------------

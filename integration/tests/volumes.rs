@@ -1388,3 +1388,74 @@ fn containerd16_idmapped_mounts_keep_read_only_and_propagation() -> Result<()> {
 fn containerd2_idmapped_mounts_keep_read_only_and_propagation() -> Result<()> {
     options_kept(Flavor::Containerd2)
 }
+
+/// The recursive options reach every mount of a bind (`rro` makes a submount read-only too,
+/// where `ro` leaves it writable), and a word that is no option of a bind mount is refused
+/// naming the mount, not handed to the kernel as data it ignores. `rro` was such a word once:
+/// the whole tree stayed writable.
+fn recursive_options_reach_submounts(flavor: Flavor) -> Result<()> {
+    let env = Env::start(flavor)?;
+    let rootfs = env.dir().join("rootfs");
+    unpack_busybox(&rootfs)?;
+    let src = env.dir().join("rro-src");
+    fs::create_dir_all(&src)?;
+    let _sub = HostMount::new("tmpfs", &src.join("sub"), "size=1m,mode=0777")?;
+    let probe = "for d in /data /data/sub; do \
+                 if touch $d/probe 2>/dev/null; then echo $d writable; else echo $d read-only; fi; \
+                 done";
+    for (options, top, sub) in [
+        (json!(["rbind", "ro"]), "read-only", "writable"),
+        (json!(["rbind", "rro"]), "read-only", "read-only"),
+        (json!(["rbind", "rro", "rrw"]), "writable", "writable"),
+    ] {
+        let id = unique_id("rro");
+        let mut spec = env.base_spec(&id, &rootfs, probe)?;
+        spec["mounts"]
+            .as_array_mut()
+            .context("spec has mounts")?
+            .push(
+                json!({"destination": "/data", "type": "bind", "source": src, "options": options}),
+            );
+        let run = env.create_and_start(&id, &spec)?;
+        let want = format!("/data {top}\n/data/sub {sub}\n");
+        ensure!(
+            run.status.success() && run.stdout == want,
+            "{flavor}: options {options}: expected {want:?}; status {} stdout {:?} stderr {:?}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        for f in [src.join("probe"), src.join("sub/probe")] {
+            let _ = fs::remove_file(f);
+        }
+    }
+
+    let id = unique_id("bogus-option");
+    let mut spec = env.base_spec(&id, &rootfs, "echo must-not-run")?;
+    spec["mounts"]
+        .as_array_mut()
+        .context("spec has mounts")?
+        .push(json!({"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "bogus=1"]}));
+    let run = env.create_and_start(&id, &spec)?;
+    ensure!(
+        !run.status.success()
+            && !run.stdout.contains("must-not-run")
+            && run.stderr.contains("mount /data: option(s) \"bogus=1\""),
+        "{flavor}: an unknown bind option must be refused naming it: status {} stdout {:?} stderr {:?}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    env.assert_no_shim("the refused create")?;
+    Ok(())
+}
+
+#[test]
+fn containerd16_recursive_options_reach_submounts() -> Result<()> {
+    recursive_options_reach_submounts(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_recursive_options_reach_submounts() -> Result<()> {
+    recursive_options_reach_submounts(Flavor::Containerd2)
+}

@@ -5,8 +5,11 @@
 //! the single-threaded helper (`usernsrs-init`) executes. Everything here is testable without
 //! root.
 
+pub mod cgroup_view;
+pub mod dev_nodes;
 pub mod idmap;
 pub mod mount_options;
+pub mod mountinfo;
 pub mod plan;
 pub mod rootfs;
 pub mod sysctl;

@@ -27,6 +27,61 @@ pub mod flags {
     pub const LAZYTIME: u64 = 1 << 25;
 }
 
+/// `mount_setattr(2)` attributes (`MOUNT_ATTR_*` in `<linux/mount.h>`), for the recursive options.
+pub mod attrs {
+    pub const RDONLY: u64 = 0x1;
+    pub const NOSUID: u64 = 0x2;
+    pub const NODEV: u64 = 0x4;
+    pub const NOEXEC: u64 = 0x8;
+    /// The atime field: RELATIME (0), NOATIME or STRICTATIME.
+    pub const ATIME: u64 = 0x70;
+    pub const RELATIME: u64 = 0x0;
+    pub const NOATIME: u64 = 0x10;
+    pub const STRICTATIME: u64 = 0x20;
+    pub const NODIRATIME: u64 = 0x80;
+    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
+}
+
+/// The recursive options (`rro`, `rnosuid`, ...): attributes set and cleared on the mount and
+/// every mount below it, with `mount_setattr(AT_RECURSIVE)` (Linux 5.12+), as runc does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecursiveAttrs {
+    pub set: u64,
+    pub clear: u64,
+}
+
+impl RecursiveAttrs {
+    pub fn is_empty(&self) -> bool {
+        self.set == 0 && self.clear == 0
+    }
+}
+
+/// `(clear, set)` for one recursive option, or `None` if `opt` is not one.
+fn recursive_attr(opt: &str) -> Option<(u64, u64)> {
+    use attrs::*;
+    Some(match opt {
+        "rro" => (0, RDONLY),
+        "rrw" => (RDONLY, 0),
+        "rnosuid" => (0, NOSUID),
+        "rsuid" => (NOSUID, 0),
+        "rnodev" => (0, NODEV),
+        "rdev" => (NODEV, 0),
+        "rnoexec" => (0, NOEXEC),
+        "rexec" => (NOEXEC, 0),
+        "rnodiratime" => (0, NODIRATIME),
+        "rdiratime" => (NODIRATIME, 0),
+        "rrelatime" => (ATIME, RELATIME),
+        "rnorelatime" => (ATIME, 0),
+        "rnoatime" => (ATIME, NOATIME),
+        "ratime" => (ATIME, 0),
+        "rstrictatime" => (ATIME, STRICTATIME),
+        "rnostrictatime" => (ATIME, 0),
+        "rnosymfollow" => (0, NOSYMFOLLOW),
+        "rsymfollow" => (NOSYMFOLLOW, 0),
+        _ => return None,
+    })
+}
+
 /// What a list of options means for `mount(2)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountOptions {
@@ -36,8 +91,10 @@ pub struct MountOptions {
     pub propagation: Vec<u64>,
     /// Filesystem-specific data (`mode=755,size=65536k`).
     pub data: String,
-    /// `idmap` or `ridmap` was given (Issue 3 implements id-mapped volumes).
+    /// `idmap` or `ridmap` was given.
     pub idmap: Option<IdmapOption>,
+    /// `rro`, `rnosuid`, ...: applied to the whole tree after the mount.
+    pub recursive: RecursiveAttrs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +177,12 @@ pub fn parse_mount_options<S: AsRef<str>>(options: &[S]) -> MountOptions {
             out.propagation.push(p);
             continue;
         }
+        if let Some((clear, set)) = recursive_attr(opt) {
+            // A later option wins over an earlier one on the same bits.
+            out.recursive.set = (out.recursive.set & !clear & !set) | set;
+            out.recursive.clear = (out.recursive.clear & !set) | clear;
+            continue;
+        }
         match opt {
             "idmap" => out.idmap = Some(IdmapOption::Idmap),
             "ridmap" => out.idmap = Some(IdmapOption::Ridmap),
@@ -155,6 +218,22 @@ mod tests {
         assert!(!o.is_readonly());
         assert!(o.is_bind());
         assert_eq!(o.flags & REC, REC);
+    }
+
+    #[test]
+    fn recursive_options_become_attributes_and_later_ones_win() {
+        use super::attrs;
+        let o = parse_mount_options(&["rbind", "rro", "rnosuid", "rnoatime"]);
+        assert_eq!(
+            o.recursive.set,
+            attrs::RDONLY | attrs::NOSUID | attrs::NOATIME
+        );
+        assert_eq!(o.recursive.clear, attrs::ATIME);
+        assert_eq!(o.data, "", "recursive options are not mount data");
+        let o = parse_mount_options(&["rro", "rrw", "rstrictatime"]);
+        assert_eq!(o.recursive.set, attrs::STRICTATIME);
+        assert_eq!(o.recursive.clear, attrs::RDONLY | attrs::ATIME);
+        assert!(parse_mount_options(&["ro", "nosuid"]).recursive.is_empty());
     }
 
     #[test]

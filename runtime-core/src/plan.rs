@@ -2,6 +2,7 @@
 //! single-threaded helper needs to set the container up, validated up front so that bad input is
 //! refused before anything is mounted or started.
 
+use crate::dev_nodes::{plan_dev_nodes, DevNode, DevNodeError};
 use crate::idmap::{IdMap, IdMapError, IdMapping, UserMapping};
 use crate::rootfs::{
     plan_rootfs, RootMount, RootfsError, RootfsPlan, UsernsFacts, ROOTFS_IDMAP_ANNOTATION,
@@ -70,6 +71,8 @@ pub struct ContainerPlan {
     pub volumes: Vec<HostBind>,
     /// The operator allows the chown fallback when the rootfs cannot be idmapped.
     pub chown_fallback: bool,
+    /// The nodes of the container's fresh /dev (none when /dev is not a new filesystem).
+    pub dev_nodes: Vec<DevNode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,8 @@ pub enum PlanError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    DevNode(#[from] DevNodeError),
 }
 
 fn to_ranges(spec: &[LinuxIdMapping]) -> Vec<IdMapping> {
@@ -320,6 +325,7 @@ pub fn plan_container(
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty());
+    let dev_nodes = plan_dev_nodes(&spec)?;
 
     Ok(ContainerPlan {
         id: id.to_string(),
@@ -330,6 +336,7 @@ pub fn plan_container(
         cgroups_path,
         volumes,
         chown_fallback: false,
+        dev_nodes,
         spec,
     })
 }

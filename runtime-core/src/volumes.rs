@@ -77,6 +77,17 @@ pub fn plan_volumes(
         let gid = m.gid_mappings().as_ref().filter(|v| !v.is_empty());
         let wants_idmap = uid.is_some() || gid.is_some() || opts.idmap.is_some();
         let is_bind = opts.is_bind() || m.typ().as_deref() == Some("bind");
+        // A bind mount takes no filesystem data: a word the parser does not know would be
+        // dropped by the kernel without a word, so it is refused by name.
+        if is_bind && !opts.data.is_empty() {
+            return Err(VolumeError::Refused {
+                destination: m.destination().clone(),
+                reason: format!(
+                    "option(s) {:?} are not mount flags and mean nothing for a bind mount",
+                    opts.data
+                ),
+            });
+        }
         if !(wants_idmap || is_bind && has_userns) {
             continue;
         }
@@ -148,6 +159,18 @@ pub fn plan_volumes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_unknown_words_on_a_bind_mount() {
+        let m: Mount = serde_json::from_value(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": "/src",
+            "options": ["rbind", "ro", "bogus=1"]
+        }))
+        .expect("a mount");
+        let err = plan_volumes(&[m], Path::new("/b"), None, false).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("/data") && text.contains("bogus=1"), "{text}");
+    }
 
     fn mounts(json: &str) -> Vec<Mount> {
         serde_json::from_str(json).expect("mounts")

@@ -6,7 +6,7 @@
 //! 1. make every mount a slave, so nothing done here propagates back to the host;
 //! 2. bind the rootfs onto itself, so that it is a mount point `pivot_root` accepts;
 //! 3. the spec's mounts, each destination resolved inside the rootfs without following a symlink
-//!    out of it; devices bound from the host's /dev (a user namespace cannot mknod);
+//!    out of it; the nodes of a fresh /dev (see [`crate::dev`]);
 //! 4. `pivot_root` and detach the old root;
 //! 5. masked and read-only paths, read-only root;
 //! 6. hostname, sysctls, rlimits;
@@ -14,24 +14,26 @@
 //! 8. report ready, block until Start, close every fd but stdio, exec.
 
 use crate::create::{clone_flag, Channel, Volumes};
+use crate::mnt::{
+    fd_path, mount_err, open_in_root, remount_readonly, remount_with, sys_mount, target_in_root,
+};
 use crate::proto::{Sync, EXEC_STATUS_FD, START_FD};
 use crate::{error_chain, InitError};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{chdir, pivot_root, sethostname, setresgid, setresuid, Gid, Uid};
-use oci_spec::runtime::{Mount, PosixRlimit, Process, Spec};
+use oci_spec::runtime::{Mount, PosixRlimit, Process};
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
+use usernsrs_runtime_core::cgroup_view::CgroupView;
 use usernsrs_runtime_core::mount_options::{flags as mflags, parse_mount_options};
-use usernsrs_runtime_core::{ContainerPlan, NamespaceKind};
+use usernsrs_runtime_core::{ContainerPlan, NamespaceKind, UserNamespace};
 use usernsrs_sys::DetachedMount;
 
-const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What `execve` gets: the program, argv and envp; and the seccomp filters still to install
@@ -142,32 +144,6 @@ fn fail(msg: impl Into<String>) -> InitError {
     InitError::Container(msg.into())
 }
 
-fn sys_mount(
-    source: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: u64,
-    data: Option<&str>,
-) -> nix::Result<()> {
-    mount(
-        source,
-        target,
-        fstype,
-        MsFlags::from_bits_retain(flags as libc::c_ulong),
-        data,
-    )
-}
-
-fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) -> InitError {
-    let what = what.to_string();
-    let target = target.to_path_buf();
-    move |e| InitError::Mount {
-        what,
-        target,
-        err: e.into(),
-    }
-}
-
 /// Steps 1 to 7. Returns what to exec.
 fn setup(
     plan: &ContainerPlan,
@@ -181,6 +157,19 @@ fn setup(
         .as_ref()
         .ok_or(fail("spec has no linux section"))?;
     let root = plan.rootfs.target.as_path();
+
+    // What /sys/fs/cgroup will show, read while the container's cgroup paths are still the
+    // host's names for them (inside the cgroup namespace they are all "/").
+    let wants_cgroupfs = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")));
+    let cgroup_view = if wants_cgroupfs {
+        Some(crate::cgroupfs::read_view()?)
+    } else {
+        None
+    };
 
     // The cgroup namespace, now that we are in the container's cgroup (a joined one was
     // opened by C1 while it was still host root).
@@ -221,7 +210,6 @@ fn setup(
         .map_err(mount_err("rootfs onto itself", root))?;
 
     // Step 3.
-    let mut has_dev_tmpfs = false;
     let root_fd: OwnedFd = fs::File::open(root)
         .map_err(InitError::io(format!("open rootfs {}", root.display())))?
         .into();
@@ -230,13 +218,13 @@ fn setup(
             .iter()
             .find(|(i, _)| *i == index)
             .map(|(_, tree)| tree);
-        mount_one(plan, &root_fd, m, volume)?;
-        if m.destination() == Path::new("/dev") {
-            has_dev_tmpfs = true;
-        }
+        mount_one(plan, &root_fd, m, volume, cgroup_view.as_ref())?;
     }
-    if has_dev_tmpfs {
-        setup_dev(root, spec)?;
+    // Only a /dev of its own gets nodes (see runtime-core's dev_nodes): a bound /dev is its
+    // source's, which may be the host's.
+    if !plan.dev_nodes.is_empty() {
+        let in_user_ns = plan.user_namespace != UserNamespace::Host;
+        crate::dev::populate(&root_fd, &plan.dev_nodes, in_user_ns)?;
     }
 
     // Step 4.
@@ -412,6 +400,7 @@ pub(crate) fn become_process(
     }
     let gid = Gid::from_raw(user.gid());
     let uid = Uid::from_raw(user.uid());
+    give_stdio_to(uid)?;
     setresgid(gid, gid, gid).map_err(InitError::sys(format!("setgid {gid}")))?;
     setresuid(uid, uid, uid).map_err(InitError::sys(format!("setuid {uid}")))?;
     if let Some(c) = process.capabilities() {
@@ -462,6 +451,35 @@ fn mount_point_of(path: &Path) -> Result<PathBuf, InitError> {
         .filter(|p| path.starts_with(p))
         .max_by_key(|p| p.components().count())
         .unwrap_or_else(|| PathBuf::from("/")))
+}
+
+/// Gives the process's stdio to its user before it stops being root, as runc does
+/// (`fixStdioPermissions`): reopening `/dev/stdout` (`/proc/self/fd/1`) checks the pipe's owner,
+/// which the shim may have set to the mapped root (the runtime options' io_uid). Only the uid
+/// changes; /dev/null and what the process cannot chown (an owner outside its user namespace,
+/// EPERM; an unmapped gid, EINVAL; a read-only file, EROFS) are left as they are.
+fn give_stdio_to(uid: Uid) -> Result<(), InitError> {
+    use nix::sys::stat::{fstat, major, minor, SFlag};
+    for fd in 0..=2 {
+        // SAFETY: fds 0 to 2 are this process's stdio, open for its whole life; the borrow
+        // lasts for the two calls below only.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let st = fstat(fd).map_err(InitError::sys("stat the process's stdio"))?;
+        let is_char =
+            SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFCHR;
+        let is_null = is_char && major(st.st_rdev) == 1 && minor(st.st_rdev) == 3;
+        if st.st_uid == uid.as_raw() || is_null {
+            continue;
+        }
+        match nix::unistd::fchown(fd, Some(uid), None) {
+            Ok(()) | Err(nix::Error::EPERM | nix::Error::EINVAL | nix::Error::EROFS) => {}
+            Err(e) => {
+                let n = std::os::fd::AsRawFd::as_raw_fd(&fd);
+                return Err(InitError::sys(format!("give stdio fd {n} to uid {uid}"))(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_caps(set: &oci_spec::runtime::Capabilities) -> Result<caps::CapsHashSet, InitError> {
@@ -559,36 +577,12 @@ pub(crate) fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, InitE
     Ok(root.join(resolved))
 }
 
-/// Opens `dest` (a path inside the container) as an `O_PATH` fd with the kernel resolving it
-/// inside `root` (RESOLVE_IN_ROOT): even a symlink swapped in after [`resolve_in_root`] cannot
-/// lead the mount out of the rootfs.
-fn open_in_root(root: &OwnedFd, dest: &Path) -> Result<OwnedFd, InitError> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root, dest, how).map_err(InitError::sys(format!(
-        "open mount point {} in the rootfs",
-        dest.display()
-    )))
-}
-
-/// The mount point `dest` as an `O_PATH` fd resolved inside the rootfs, and the
-/// `/proc/self/fd/N` path through which `mount(2)` uses it (it follows that magic link).
-fn target_in_root(root: &OwnedFd, dest: &Path) -> Result<(OwnedFd, PathBuf), InitError> {
-    let fd = open_in_root(root, dest)?;
-    let at = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&fd)
-    ));
-    Ok((fd, at))
-}
-
 fn mount_one(
     plan: &ContainerPlan,
     root_fd: &OwnedFd,
     m: &Mount,
     volume: Option<&DetachedMount>,
+    cgroup_view: Option<&CgroupView>,
 ) -> Result<(), InitError> {
     let root = plan.rootfs.target.as_path();
     let dest = resolve_in_root(root, m.destination())?;
@@ -632,7 +626,7 @@ fn mount_one(
         for p in &opts.propagation {
             sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
         }
-        return Ok(());
+        return apply_recursive(root_fd, m, &opts);
     }
     let is_bind = opts.is_bind() || typ == "bind";
     if is_bind {
@@ -664,10 +658,25 @@ fn mount_one(
         let (_target, at) = target_in_root(root_fd, m.destination())?;
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-        let result = match typ {
-            "cgroup" | "cgroup2" => mount_cgroup(&dest, opts.flags),
-            _ => sys_mount(Some(&src), &at, Some(typ), opts.flags, data),
-        };
+        if let ("cgroup" | "cgroup2", Some(view)) = (typ, cgroup_view) {
+            let in_cgroup_ns = plan
+                .namespaces
+                .iter()
+                .any(|n| n.kind == NamespaceKind::Cgroup);
+            crate::cgroupfs::mount(
+                root_fd,
+                m.destination(),
+                typ,
+                opts.flags,
+                view,
+                in_cgroup_ns,
+            )?;
+            for p in &opts.propagation {
+                sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
+            }
+            return Ok(());
+        }
+        let result = sys_mount(Some(&src), &at, Some(typ), opts.flags, data);
         match (typ, result) {
             (_, Ok(())) => {}
             // Without a network namespace of our own the kernel refuses a new sysfs in a user
@@ -680,13 +689,36 @@ fn mount_one(
                 };
                 sys_mount(
                     Some(Path::new(host)),
-                    &dest,
+                    &at,
                     None,
                     mflags::BIND | mflags::REC,
                     None,
                 )
                 .map_err(mount_err(&format!("bind {host}"), &dest))?;
-                remount_with(&dest, opts.flags | mflags::RDONLY)?;
+                // The host's submounts come along (/sys/fs/cgroup, /sys/kernel/security, ...):
+                // every one of them read-only too, with the spec's nosuid, nodev, noexec.
+                let bound = open_in_root(root_fd, m.destination())?;
+                use usernsrs_runtime_core::mount_options::attrs;
+                let set = [
+                    (mflags::NOSUID, attrs::NOSUID),
+                    (mflags::NODEV, attrs::NODEV),
+                    (mflags::NOEXEC, attrs::NOEXEC),
+                ]
+                .iter()
+                .filter(|(flag, _)| opts.flags & flag != 0)
+                .fold(attrs::RDONLY, |acc, (_, attr)| acc | attr);
+                let attrs = usernsrs_sys::MountAttrs {
+                    set,
+                    clear: 0,
+                    propagation: 0,
+                };
+                usernsrs_sys::mount_api::set_attrs_at(bound.as_fd(), attrs, None, true).map_err(
+                    |err| InitError::Mount {
+                        what: format!("the host's {host}, read-only with its submounts"),
+                        target: dest.clone(),
+                        err,
+                    },
+                )?;
             }
             // devpts refuses gid=5 when gid 5 is not mapped in the user namespace.
             ("devpts", Err(nix::Error::EINVAL)) if opts.data.contains("gid=") => {
@@ -710,74 +742,32 @@ fn mount_one(
     for p in &opts.propagation {
         sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
     }
-    Ok(())
+    apply_recursive(root_fd, m, &opts)
 }
 
-/// A cgroup2 filesystem of the container's own cgroup namespace, or the host's tree bound
-/// read-only when the kernel refuses (no cgroup namespace of our own).
-fn mount_cgroup(dest: &Path, flags: u64) -> nix::Result<()> {
-    match sys_mount(
-        Some(Path::new("cgroup2")),
-        dest,
-        Some("cgroup2"),
-        flags,
-        None,
-    ) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            sys_mount(
-                Some(Path::new("/sys/fs/cgroup")),
-                dest,
-                None,
-                mflags::BIND | mflags::REC,
-                None,
-            )?;
-            remount_flags(dest, flags | mflags::RDONLY)
-        }
+/// The recursive options (`rro`, `rnosuid`, ...) on the mount at `m`'s destination and every
+/// mount below it: `mount_setattr(AT_RECURSIVE)` through an fd of it, as runc does (Linux 5.12+).
+fn apply_recursive(
+    root_fd: &OwnedFd,
+    m: &Mount,
+    opts: &usernsrs_runtime_core::mount_options::MountOptions,
+) -> Result<(), InitError> {
+    if opts.recursive.is_empty() {
+        return Ok(());
     }
-}
-
-/// The flags of the mount at `path` that a user namespace may not clear (they are locked).
-fn locked_flags(path: &Path) -> u64 {
-    let Ok(st) = nix::sys::statvfs::statvfs(path) else {
-        return 0;
+    let fd = open_in_root(root_fd, m.destination())?;
+    let attrs = usernsrs_sys::MountAttrs {
+        set: opts.recursive.set,
+        clear: opts.recursive.clear,
+        propagation: 0,
     };
-    let f = st.flags();
-    use nix::sys::statvfs::FsFlags;
-    let mut out = 0;
-    for (fs, m) in [
-        (FsFlags::ST_NOSUID, mflags::NOSUID),
-        (FsFlags::ST_NODEV, mflags::NODEV),
-        (FsFlags::ST_NOEXEC, mflags::NOEXEC),
-        (FsFlags::ST_RDONLY, mflags::RDONLY),
-        (FsFlags::ST_NOATIME, mflags::NOATIME),
-        (FsFlags::ST_NODIRATIME, mflags::NODIRATIME),
-        (FsFlags::ST_RELATIME, mflags::RELATIME),
-    ] {
-        if f.contains(fs) {
-            out |= m;
+    usernsrs_sys::mount_api::set_attrs_at(fd.as_fd(), attrs, None, true).map_err(|err| {
+        InitError::Mount {
+            what: "recursive options (rro, rnosuid, ...)".into(),
+            target: m.destination().clone(),
+            err,
         }
-    }
-    out
-}
-
-fn remount_flags(dest: &Path, flags: u64) -> nix::Result<()> {
-    let keep = locked_flags(dest) & !mflags::RDONLY;
-    sys_mount(
-        None,
-        dest,
-        None,
-        mflags::REMOUNT | mflags::BIND | flags | keep,
-        None,
-    )
-}
-
-fn remount_with(dest: &Path, flags: u64) -> Result<(), InitError> {
-    remount_flags(dest, flags).map_err(mount_err("remount with options", dest))
-}
-
-fn remount_readonly(dest: &Path) -> Result<(), InitError> {
-    remount_with(dest, mflags::RDONLY)
+    })
 }
 
 fn make_mountpoint(dest: &Path, dir: bool) -> Result<(), InitError> {
@@ -823,76 +813,36 @@ fn make_mountpoint_unchecked(dest: &Path, dir: bool) -> Result<(), InitError> {
     }
 }
 
-/// Devices for a fresh /dev tmpfs: bound from the host (mknod is refused in a user namespace),
-/// plus the usual symlinks.
-fn setup_dev(root: &Path, spec: &Spec) -> Result<(), InitError> {
-    let dev = root.join("dev");
-    let mut names: Vec<String> = DEFAULT_DEVICES.iter().map(|s| s.to_string()).collect();
-    for d in spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().clone())
-        .unwrap_or_default()
-    {
-        if let Ok(rel) = d.path().strip_prefix("/dev") {
-            names.push(rel.to_string_lossy().into_owned());
-        }
-    }
-    for name in names {
-        let host = Path::new("/dev").join(&name);
-        if !host.exists() {
-            continue;
-        }
-        let target = dev.join(&name);
-        make_mountpoint(&target, false)?;
-        sys_mount(Some(&host), &target, None, mflags::BIND, None)
-            .map_err(mount_err(&format!("bind {}", host.display()), &target))?;
-    }
-    for (link, to) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("core", "/proc/kcore"),
-    ] {
-        let _ = symlink(to, dev.join(link));
-    }
-    if dev.join("pts/ptmx").exists() {
-        let _ = symlink("pts/ptmx", dev.join("ptmx"));
-    }
-    Ok(())
-}
-
 fn mask_path(p: &Path) -> Result<(), InitError> {
-    // What masks files is the container's /dev/null: it must be the device, not something
-    // the image put there.
-    let null = fs::symlink_metadata("/dev/null")
-        .map_err(InitError::io("stat /dev/null in the container"))?;
-    if !std::os::unix::fs::FileTypeExt::is_char_device(&null.file_type()) {
-        return Err(fail(
-            "refusing to mask paths: /dev/null in the container is not a character device",
-        ));
-    }
-    let md = match fs::metadata(p) {
-        Ok(md) => md,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(InitError::Io {
-                context: format!("masked path {}", p.display()),
-                err: e,
-            })
+    // What masks files is the container's /dev/null: it must be the device, not something the
+    // image or a volume put there. The masked path is opened inside the container's root, and
+    // mounted on through that fd.
+    let null = crate::dev::open_null()?;
+    let root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(InitError::sys("open the container's root"))?;
+    let target = match open_in_root(&root, p) {
+        Ok(fd) => fd,
+        Err(InitError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(())
         }
+        Err(e) => return Err(e),
     };
+    let at = fd_path(&target);
+    let md = fs::metadata(&at).map_err(InitError::io(format!("masked path {}", p.display())))?;
     if md.is_dir() {
         sys_mount(
             Some(Path::new("tmpfs")),
-            p,
+            &at,
             Some("tmpfs"),
             mflags::RDONLY,
             None,
         )
     } else {
-        sys_mount(Some(Path::new("/dev/null")), p, None, mflags::BIND, None)
+        sys_mount(Some(&fd_path(&null)), &at, None, mflags::BIND, None)
     }
     .map_err(mount_err("mask", p))
 }
@@ -946,6 +896,7 @@ fn exec_target(process: &Process) -> Result<(CString, Vec<CString>, Vec<CString>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
     #[test]
     fn resolves_symlinks_without_leaving_the_root() {

@@ -6,12 +6,15 @@
 //! cgroup; [`cleanup`] undoes the host-side mounts, for Delete and for the `delete` subcommand.
 
 pub mod cgroup;
+mod cgroupfs;
 pub mod cleanup;
 mod container;
 pub mod create;
+mod dev;
 pub mod devices;
 mod exec;
 pub mod fallback;
+mod mnt;
 pub mod overlay;
 pub mod proto;
 mod seccomp;

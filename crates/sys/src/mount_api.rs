@@ -19,6 +19,44 @@ pub struct DetachedMount {
     fd: OwnedFd,
 }
 
+/// `mount_setattr` on the mount `fd` refers to (an `open_tree` fd, or an `O_PATH` fd of a mount's
+/// root): the mount, or with `recursive` it and every mount below it (AT_RECURSIVE).
+pub fn set_attrs_at(
+    fd: BorrowedFd<'_>,
+    attrs: MountAttrs,
+    userns: Option<BorrowedFd<'_>>,
+    recursive: bool,
+) -> io::Result<()> {
+    let mut attr = libc::mount_attr {
+        attr_set: attrs.set,
+        attr_clr: attrs.clear,
+        propagation: attrs.propagation,
+        userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    let empty = c"";
+    // SAFETY: `fd` is an open fd, the empty path with AT_EMPTY_PATH names it, and `attr` is a
+    // properly initialised `mount_attr` whose size we pass; the kernel only reads it for the
+    // duration of the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            flags as libc::c_uint,
+            &mut attr as *mut libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Attributes for `mount_setattr`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MountAttrs {
@@ -68,34 +106,7 @@ impl DetachedMount {
         userns: Option<BorrowedFd<'_>>,
         recursive: bool,
     ) -> io::Result<()> {
-        let mut attr = libc::mount_attr {
-            attr_set: attrs.set,
-            attr_clr: attrs.clear,
-            propagation: attrs.propagation,
-            userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
-        };
-        let mut flags = libc::AT_EMPTY_PATH;
-        if recursive {
-            flags |= libc::AT_RECURSIVE;
-        }
-        let empty = c"";
-        // SAFETY: `self.fd` is an open mount fd, the empty path with AT_EMPTY_PATH names it,
-        // and `attr` is a properly initialised `mount_attr` whose size we pass; the kernel
-        // only reads it for the duration of the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                self.fd.as_raw_fd(),
-                empty.as_ptr(),
-                flags as libc::c_uint,
-                &mut attr as *mut libc::mount_attr,
-                std::mem::size_of::<libc::mount_attr>(),
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        set_attrs_at(self.fd.as_fd(), attrs, userns, recursive)
     }
 
     /// Makes the tree idmapped with the mapping of the user namespace `userns`.
