@@ -15,7 +15,7 @@
 
 use crate::create::{clone_flag, Channel, Volumes};
 use crate::mnt::{
-    fd_path, mount_err, open_in_root, remount_readonly, remount_with, sys_mount, target_in_root,
+    create_mount_point, fd_path, mount_err, open_mounted, remount_readonly, remount_with, sys_mount,
 };
 use crate::proto::{Sync, EXEC_STATUS_FD, START_FD};
 use crate::{error_chain, InitError};
@@ -28,7 +28,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use usernsrs_runtime_core::cgroup_view::CgroupView;
 use usernsrs_runtime_core::mount_options::{flags as mflags, parse_mount_options};
 use usernsrs_runtime_core::{ContainerPlan, NamespaceKind, UserNamespace};
@@ -532,51 +532,6 @@ fn set_rlimit(rl: &PosixRlimit) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Resolves `dest` inside `root` the way the container would see it: symlinks are followed,
-/// but never out of `root` (an absolute link target restarts at `root`, `..` stops at it).
-pub(crate) fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, InitError> {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<PathBuf> = dest
-        .components()
-        .rev()
-        .map(|c| PathBuf::from(c.as_os_str()))
-        .collect();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        match Path::new(&part).components().next() {
-            None | Some(Component::RootDir) | Some(Component::CurDir) => continue,
-            Some(Component::ParentDir) => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let candidate = resolved.join(&part);
-        let host = root.join(&candidate);
-        match fs::symlink_metadata(&host) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(fail(format!(
-                        "too many symlinks resolving {} in the rootfs",
-                        dest.display()
-                    )));
-                }
-                let target = fs::read_link(&host)
-                    .map_err(InitError::io(format!("readlink {}", host.display())))?;
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    pending.push(PathBuf::from(c.as_os_str()));
-                }
-            }
-            _ => resolved = candidate,
-        }
-    }
-    Ok(root.join(resolved))
-}
-
 fn mount_one(
     plan: &ContainerPlan,
     root_fd: &OwnedFd,
@@ -584,98 +539,81 @@ fn mount_one(
     volume: Option<&DetachedMount>,
     cgroup_view: Option<&CgroupView>,
 ) -> Result<(), InitError> {
-    let root = plan.rootfs.target.as_path();
-    let dest = resolve_in_root(root, m.destination())?;
+    let dest = m.destination().as_path();
     let typ = m.typ().as_deref().unwrap_or("");
     // procfs, sysfs and friends must land where they are named: an image whose /proc is a
     // symlink would otherwise get them elsewhere and keep the real path under its control
     // (CVE-2019-16884, CVE-2019-19921).
-    let literal = m
-        .destination()
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .fold(root.to_path_buf(), |p, c| p.join(c));
-    if matches!(
+    let no_symlinks = matches!(
         typ,
         "proc" | "sysfs" | "cgroup" | "cgroup2" | "devpts" | "mqueue"
-    ) && dest != literal
-    {
-        return Err(fail(format!(
-            "refusing to mount {typ} on {}: the path goes through a symlink in the rootfs (it resolves to {})",
-            m.destination().display(),
-            dest.strip_prefix(root).unwrap_or(&dest).display()
-        )));
-    }
+    );
     let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
+    let is_bind = opts.is_bind() || typ == "bind";
+    let bind_source = if is_bind && volume.is_none() {
+        let src = m
+            .source()
+            .as_deref()
+            .ok_or(fail(format!("bind mount {} has no source", dest.display())))?;
+        Some(if src.is_absolute() {
+            src.to_path_buf()
+        } else {
+            plan.bundle.join(src)
+        })
+    } else {
+        None
+    };
+    let is_dir = match (volume, &bind_source) {
+        (Some(tree), _) => tree
+            .is_dir()
+            .map_err(InitError::io(format!("stat source of {}", dest.display())))?,
+        (None, Some(src)) => fs::metadata(src)
+            .map_err(InitError::io(format!(
+                "bind mount source {} for {}",
+                src.display(),
+                dest.display()
+            )))?
+            .is_dir(),
+        (None, None) => true,
+    };
+    let target = mount_point(root_fd, dest, typ, is_dir, no_symlinks)?;
+    let at = fd_path(&target);
+    // What is mounted at the destination now, for the steps that act on the new mount.
+    let mounted = || {
+        open_mounted(root_fd, dest, no_symlinks).map(|fd| {
+            let path = fd_path(&fd);
+            (fd, path)
+        })
+    };
+
     if let Some(tree) = volume {
-        let is_dir = tree.is_dir().map_err(InitError::io(format!(
-            "stat source of {}",
-            m.destination().display()
-        )))?;
-        make_mountpoint(&dest, is_dir)?;
-        let target = open_in_root(root_fd, m.destination())?;
         tree.attach_at(target.as_fd())
             .map_err(|e| InitError::Mount {
                 what: format!(
                     "id-mapped {}",
                     m.source().as_deref().unwrap_or(Path::new("")).display()
                 ),
-                target: dest.clone(),
+                target: dest.to_path_buf(),
                 err: e,
             })?;
-        for p in &opts.propagation {
-            sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
-        }
-        return apply_recursive(root_fd, m, &opts);
-    }
-    let is_bind = opts.is_bind() || typ == "bind";
-    if is_bind {
-        let src = m.source().as_deref().ok_or(fail(format!(
-            "bind mount {} has no source",
-            m.destination().display()
-        )))?;
-        let src = if src.is_absolute() {
-            src.to_path_buf()
-        } else {
-            plan.bundle.join(src)
-        };
-        let md = fs::metadata(&src).map_err(InitError::io(format!(
-            "bind mount source {} for {}",
-            src.display(),
-            m.destination().display()
-        )))?;
-        make_mountpoint(&dest, md.is_dir())?;
-        let (_target, at) = target_in_root(root_fd, m.destination())?;
+    } else if let Some(src) = &bind_source {
         let rec = opts.flags & mflags::REC;
-        sys_mount(Some(&src), &at, None, mflags::BIND | rec, None)
-            .map_err(mount_err(&format!("bind {}", src.display()), &dest))?;
+        sys_mount(Some(src), &at, None, mflags::BIND | rec, None)
+            .map_err(mount_err(&format!("bind {}", src.display()), dest))?;
         let extra = opts.flags & !(mflags::BIND | mflags::REC | mflags::REMOUNT);
         if extra != 0 {
-            remount_with(&dest, extra)?;
+            let (_fd, now) = mounted()?;
+            remount_with(&now, extra)?;
         }
+    } else if let ("cgroup" | "cgroup2", Some(view)) = (typ, cgroup_view) {
+        let in_cgroup_ns = plan
+            .namespaces
+            .iter()
+            .any(|n| n.kind == NamespaceKind::Cgroup);
+        crate::cgroupfs::mount(root_fd, dest, typ, opts.flags, view, in_cgroup_ns)?;
     } else {
-        make_mountpoint(&dest, true)?;
-        let (_target, at) = target_in_root(root_fd, m.destination())?;
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-        if let ("cgroup" | "cgroup2", Some(view)) = (typ, cgroup_view) {
-            let in_cgroup_ns = plan
-                .namespaces
-                .iter()
-                .any(|n| n.kind == NamespaceKind::Cgroup);
-            crate::cgroupfs::mount(
-                root_fd,
-                m.destination(),
-                typ,
-                opts.flags,
-                view,
-                in_cgroup_ns,
-            )?;
-            for p in &opts.propagation {
-                sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
-            }
-            return Ok(());
-        }
         let result = sys_mount(Some(&src), &at, Some(typ), opts.flags, data);
         match (typ, result) {
             (_, Ok(())) => {}
@@ -694,10 +632,10 @@ fn mount_one(
                     mflags::BIND | mflags::REC,
                     None,
                 )
-                .map_err(mount_err(&format!("bind {host}"), &dest))?;
+                .map_err(mount_err(&format!("bind {host}"), dest))?;
                 // The host's submounts come along (/sys/fs/cgroup, /sys/kernel/security, ...):
                 // every one of them read-only too, with the spec's nosuid, nodev, noexec.
-                let bound = open_in_root(root_fd, m.destination())?;
+                let (bound, _) = mounted()?;
                 use usernsrs_runtime_core::mount_options::attrs;
                 let set = [
                     (mflags::NOSUID, attrs::NOSUID),
@@ -715,7 +653,7 @@ fn mount_one(
                 usernsrs_sys::mount_api::set_attrs_at(bound.as_fd(), attrs, None, true).map_err(
                     |err| InitError::Mount {
                         what: format!("the host's {host}, read-only with its submounts"),
-                        target: dest.clone(),
+                        target: dest.to_path_buf(),
                         err,
                     },
                 )?;
@@ -729,53 +667,43 @@ fn mount_one(
                     .collect();
                 sys_mount(
                     Some(&src),
-                    &dest,
+                    &at,
                     Some(typ),
                     opts.flags,
                     Some(&data.join(",")),
                 )
-                .map_err(mount_err("devpts without gid=", &dest))?;
+                .map_err(mount_err("devpts without gid=", dest))?;
             }
-            (_, Err(e)) => return Err(mount_err(&format!("{typ} {}", src.display()), &dest)(e)),
+            (_, Err(e)) => return Err(mount_err(&format!("{typ} {}", src.display()), dest)(e)),
         }
     }
-    for p in &opts.propagation {
-        sys_mount(None, &dest, None, *p, None).map_err(mount_err("propagation", &dest))?;
+    if !opts.propagation.is_empty() {
+        let (_fd, now) = mounted()?;
+        for p in &opts.propagation {
+            sys_mount(None, &now, None, *p, None).map_err(mount_err("propagation", dest))?;
+        }
     }
     apply_recursive(root_fd, m, &opts)
 }
 
-/// The recursive options (`rro`, `rnosuid`, ...) on the mount at `m`'s destination and every
-/// mount below it: `mount_setattr(AT_RECURSIVE)` through an fd of it, as runc does (Linux 5.12+).
-fn apply_recursive(
+/// The mount point of `dest`, made if missing (see [`create_mount_point`]), with the errors a
+/// user can act on: a symlink where procfs and the like go, a rootfs its root cannot write.
+fn mount_point(
     root_fd: &OwnedFd,
-    m: &Mount,
-    opts: &usernsrs_runtime_core::mount_options::MountOptions,
-) -> Result<(), InitError> {
-    if opts.recursive.is_empty() {
-        return Ok(());
-    }
-    let fd = open_in_root(root_fd, m.destination())?;
-    let attrs = usernsrs_sys::MountAttrs {
-        set: opts.recursive.set,
-        clear: opts.recursive.clear,
-        propagation: 0,
-    };
-    usernsrs_sys::mount_api::set_attrs_at(fd.as_fd(), attrs, None, true).map_err(|err| {
-        InitError::Mount {
-            what: "recursive options (rro, rnosuid, ...)".into(),
-            target: m.destination().clone(),
-            err,
+    dest: &Path,
+    typ: &str,
+    is_dir: bool,
+    no_symlinks: bool,
+) -> Result<OwnedFd, InitError> {
+    match create_mount_point(root_fd, dest, is_dir, no_symlinks) {
+        Err(InitError::Io { err, .. })
+            if no_symlinks && err.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            Err(fail(format!(
+                "refusing to mount {typ} on {}: the path goes through a symlink in the rootfs",
+                dest.display()
+            )))
         }
-    })
-}
-
-fn make_mountpoint(dest: &Path, dir: bool) -> Result<(), InitError> {
-    if dest.exists() {
-        return Ok(());
-    }
-    let result = make_mountpoint_unchecked(dest, dir);
-    match result {
         Err(InitError::Io { context, err })
             if err.kind() == std::io::ErrorKind::PermissionDenied =>
         {
@@ -793,24 +721,29 @@ fn make_mountpoint(dest: &Path, dir: bool) -> Result<(), InitError> {
     }
 }
 
-fn make_mountpoint_unchecked(dest: &Path, dir: bool) -> Result<(), InitError> {
-    if dir {
-        fs::create_dir_all(dest).map_err(InitError::io(format!(
-            "create mount point {}",
-            dest.display()
-        )))
-    } else {
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)
-                .map_err(InitError::io(format!("create {}", parent.display())))?;
-        }
-        fs::File::create(dest)
-            .map(drop)
-            .map_err(InitError::io(format!(
-                "create mount point {}",
-                dest.display()
-            )))
+/// The recursive options (`rro`, `rnosuid`, ...) on the mount at `m`'s destination and every
+/// mount below it: `mount_setattr(AT_RECURSIVE)` through an fd of it, as runc does (Linux 5.12+).
+fn apply_recursive(
+    root_fd: &OwnedFd,
+    m: &Mount,
+    opts: &usernsrs_runtime_core::mount_options::MountOptions,
+) -> Result<(), InitError> {
+    if opts.recursive.is_empty() {
+        return Ok(());
     }
+    let fd = open_mounted(root_fd, m.destination(), false)?;
+    let attrs = usernsrs_sys::MountAttrs {
+        set: opts.recursive.set,
+        clear: opts.recursive.clear,
+        propagation: 0,
+    };
+    usernsrs_sys::mount_api::set_attrs_at(fd.as_fd(), attrs, None, true).map_err(|err| {
+        InitError::Mount {
+            what: "recursive options (rro, rnosuid, ...)".into(),
+            target: m.destination().clone(),
+            err,
+        }
+    })
 }
 
 fn mask_path(p: &Path) -> Result<(), InitError> {
@@ -824,7 +757,7 @@ fn mask_path(p: &Path) -> Result<(), InitError> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(InitError::sys("open the container's root"))?;
-    let target = match open_in_root(&root, p) {
+    let target = match open_mounted(&root, p, false) {
         Ok(fd) => fd,
         Err(InitError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
             return Ok(())
@@ -891,36 +824,4 @@ fn exec_target(process: &Process) -> Result<(CString, Vec<CString>, Vec<CString>
         args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    #[test]
-    fn resolves_symlinks_without_leaving_the_root() {
-        let root = std::env::temp_dir().join(format!("usernsrs-resolve-{}", std::process::id()));
-        fs::create_dir_all(root.join("real/dir")).expect("mkdir");
-        symlink("/real", root.join("abs")).expect("link");
-        symlink("../../../../etc", root.join("escape")).expect("link");
-        symlink("real/dir", root.join("rel")).expect("link");
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/abs/dir")).expect("abs"),
-            root.join("real/dir")
-        );
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/escape/passwd")).expect("esc"),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/rel/x")).expect("rel"),
-            root.join("real/dir/x")
-        );
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/../../proc")).expect("dotdot"),
-            root.join("proc")
-        );
-        fs::remove_dir_all(&root).expect("cleanup");
-    }
 }

@@ -37,28 +37,6 @@ pub(crate) fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::Error) ->
     }
 }
 
-/// Opens `dest` (a path inside the container) as an `O_PATH` fd with the kernel resolving it
-/// inside `root` (RESOLVE_IN_ROOT): even a symlink swapped in after [`crate::container::resolve_in_root`] cannot
-/// lead the mount out of the rootfs.
-pub(crate) fn open_in_root(root: &OwnedFd, dest: &Path) -> Result<OwnedFd, InitError> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root, dest, how).map_err(InitError::sys(format!(
-        "open mount point {} in the rootfs",
-        dest.display()
-    )))
-}
-
-/// The mount point `dest` as an `O_PATH` fd resolved inside the rootfs, and the
-/// `/proc/self/fd/N` path through which `mount(2)` uses it (it follows that magic link).
-pub(crate) fn target_in_root(root: &OwnedFd, dest: &Path) -> Result<(OwnedFd, PathBuf), InitError> {
-    let fd = open_in_root(root, dest)?;
-    let at = fd_path(&fd);
-    Ok((fd, at))
-}
-
 /// The path through which `mount(2)` reaches an fd's file (it follows that magic link).
 pub(crate) fn fd_path(fd: &impl AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -105,4 +83,196 @@ pub(crate) fn remount_with(dest: &Path, flags: u64) -> Result<(), InitError> {
 
 pub(crate) fn remount_readonly(dest: &Path) -> Result<(), InitError> {
     remount_with(dest, mflags::RDONLY)
+}
+
+/// What is mounted at `dest` now (the root of the top mount there), resolved inside `root`; no
+/// symlink followed with `no_symlinks`.
+pub(crate) fn open_mounted(
+    root: &OwnedFd,
+    dest: &Path,
+    no_symlinks: bool,
+) -> Result<OwnedFd, InitError> {
+    use nix::fcntl::{openat2, ResolveFlag};
+    let mut resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    if no_symlinks {
+        resolve |= ResolveFlag::RESOLVE_NO_SYMLINKS;
+    }
+    openat2(root, dest, open_how(resolve, false)).map_err(InitError::sys(format!(
+        "open the mount at {} in the rootfs",
+        dest.display()
+    )))
+}
+
+/// `dest` cleaned lexically: its normal components, `..` dropping the one before (never above
+/// the root), `.` and the root dropped.
+fn clean(dest: &Path) -> Vec<&std::ffi::OsStr> {
+    let mut parts = Vec::new();
+    for c in dest.components() {
+        match c {
+            std::path::Component::Normal(n) => parts.push(n),
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    parts
+}
+
+fn open_how(resolve: nix::fcntl::ResolveFlag, dir: bool) -> nix::fcntl::OpenHow {
+    use nix::fcntl::{OFlag, OpenHow};
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    if dir {
+        flags |= OFlag::O_DIRECTORY;
+    }
+    OpenHow::new().flags(flags).resolve(resolve)
+}
+
+/// Makes the mount point `dest` (a path inside the container) as a directory or an empty file,
+/// with its missing parents, and returns it opened `O_PATH`. The part that exists is resolved by
+/// the kernel inside `root` (`RESOLVE_IN_ROOT`: no symlink, absolute or relative, leads out of
+/// it); what is made here is made with `mkdirat`/`openat` under the fd of its parent and opened
+/// without following symlinks. With `no_symlinks` no symlink is followed at all (procfs, sysfs
+/// and the like must be where they are named, CVE-2019-16884): ELOOP then. A dangling symlink
+/// on the way is an error too (ELOOP): nothing is made through a symlink.
+pub(crate) fn create_mount_point(
+    root: &OwnedFd,
+    dest: &Path,
+    dir: bool,
+    no_symlinks: bool,
+) -> Result<OwnedFd, InitError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat, openat2, OFlag, ResolveFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    let parts = clean(dest);
+    let mut resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    if no_symlinks {
+        resolve |= ResolveFlag::RESOLVE_NO_SYMLINKS;
+    }
+    let made_here = ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    let io_err = |what: String| {
+        move |e: Errno| InitError::Io {
+            context: what,
+            err: e.into(),
+        }
+    };
+    let joined = |n: usize| -> PathBuf { parts[..n].iter().collect() };
+
+    // The longest prefix that exists.
+    let mut existing = parts.len();
+    let mut cur = loop {
+        let prefix = joined(existing);
+        let at = if existing == 0 {
+            Path::new(".")
+        } else {
+            prefix.as_path()
+        };
+        match openat2(root, at, open_how(resolve, existing < parts.len())) {
+            Ok(fd) => break fd,
+            Err(Errno::ENOENT) if existing > 0 => existing -= 1,
+            Err(e) => {
+                return Err(io_err(format!(
+                    "open mount point {} in the rootfs",
+                    dest.display()
+                ))(e))
+            }
+        }
+    };
+    if existing == parts.len() {
+        return Ok(cur);
+    }
+    for (i, part) in parts.iter().enumerate().skip(existing) {
+        let last = i + 1 == parts.len();
+        let what = format!("create mount point /{}", joined(i + 1).display());
+        if last && !dir {
+            match openat(
+                &cur,
+                *part,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            ) {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(io_err(what)(e)),
+            }
+        } else {
+            match mkdirat(&cur, *part, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(io_err(what)(e)),
+            }
+        }
+        cur = openat2(&cur, *part, open_how(made_here, !last || dir)).map_err(io_err(format!(
+            "open {} without following symlinks",
+            joined(i + 1).display()
+        )))?;
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn root_fd(path: &Path) -> OwnedFd {
+        std::fs::File::open(path).expect("open root").into()
+    }
+
+    #[test]
+    fn creates_mount_points_without_leaving_the_root() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        std::fs::create_dir_all(r.join("real/dir")).expect("mkdir");
+        symlink("/real", r.join("abs")).expect("link");
+        symlink(
+            "../../../../../..".to_string() + &outside.path().display().to_string(),
+            r.join("escape"),
+        )
+        .expect("link");
+        symlink("real/dir", r.join("rel")).expect("link");
+        let fd = root_fd(r);
+
+        create_mount_point(&fd, Path::new("/abs/a/b"), true, false).expect("abs");
+        assert!(r.join("real/a/b").is_dir());
+        create_mount_point(&fd, Path::new("/rel/file"), false, false).expect("rel");
+        assert!(r.join("real/dir/file").is_file());
+        // The symlink names a host directory: inside the root it names nothing, and nothing is
+        // made through it (a dangling symlink on the way is an error), least of all outside.
+        create_mount_point(&fd, Path::new("/escape/x"), true, false).expect_err("escape");
+        symlink("/real", r.join("abs-outside")).expect("link");
+        create_mount_point(&fd, Path::new("/abs-outside/y"), true, false).expect("absolute");
+        assert!(r.join("real/y").is_dir());
+        assert!(std::fs::read_dir(outside.path())
+            .expect("read")
+            .next()
+            .is_none());
+        // `..` never climbs above the root.
+        create_mount_point(&fd, Path::new("/../../top"), true, false).expect("dotdot");
+        assert!(r.join("top").is_dir());
+        // Existing: returned as is.
+        create_mount_point(&fd, Path::new("/real"), true, false).expect("existing");
+    }
+
+    #[test]
+    fn refuses_symlinks_when_asked() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        std::fs::create_dir_all(r.join("real")).expect("mkdir");
+        symlink("/real", r.join("proc")).expect("link");
+        let fd = root_fd(r);
+        let err = create_mount_point(&fd, Path::new("/proc"), true, true).expect_err("a symlink");
+        let InitError::Io { err, .. } = err else {
+            panic!("expected an io error, got {err:?}");
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        let err = create_mount_point(&fd, Path::new("/proc/sub"), true, true).expect_err("below");
+        assert!(matches!(err, InitError::Io { .. }), "{err:?}");
+        assert!(!r.join("real/sub").exists());
+    }
 }
