@@ -821,3 +821,55 @@ fn kubelet_sysctl_writes_stay_in_its_mount_namespace() -> Result<()> {
     );
     Ok(())
 }
+
+/// The reference is what the comparisons claim: runc v1.5.3 built with seccomp, reporting
+/// idmapped mounts and user namespaces.
+#[test]
+fn reference_runc_is_v1_5_3_with_seccomp_and_idmapped_mounts() -> Result<()> {
+    let cache = std::env::var_os("USERNSRS_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/usernsrs"), PathBuf::from);
+    let runc = cache.join("runc-v1.5.3/bin/runc");
+    let run = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(&runc)
+            .args(args)
+            .output()
+            .with_context(|| {
+                format!(
+                    "cannot run {} (hack/install-peers.sh builds it)",
+                    runc.display()
+                )
+            })?;
+        ensure!(
+            out.status.success(),
+            "{} {args:?} failed: {}",
+            runc.display(),
+            out.status
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let version = run(&["--version"])?;
+    ensure!(
+        version.lines().next() == Some("runc version 1.5.3"),
+        "{}:\n{version}",
+        runc.display()
+    );
+    let features: Value = serde_json::from_str(&run(&["features"])?)?;
+    let linux = &features["linux"];
+    assert_eq!(
+        linux["seccomp"]["enabled"],
+        json!(true),
+        "seccomp: {features:#}"
+    );
+    assert_eq!(
+        linux["mountExtensions"]["idmap"]["enabled"],
+        json!(true),
+        "idmapped mounts: {features:#}"
+    );
+    ensure!(
+        linux["namespaces"]
+            .as_array()
+            .is_some_and(|ns| ns.contains(&json!("user"))),
+        "user namespaces: {features:#}"
+    );
+    Ok(())
+}
