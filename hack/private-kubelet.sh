@@ -22,11 +22,11 @@
 #     kernel.panic_on_oops, kernel.keys.root_maxkeys, kernel.keys.root_maxbytes) are regular
 #     files holding the host's values, bound over /proc/sys: its writes never reach the host;
 #   - /var/log is DIR/kubelet/var-log: it creates /var/log/containers and links there.
-# Its volume mounts (emptyDir, projected and downward API tmpfs, under the root directory) must
-# reach containerd, which runs in the host's mount namespace: the root directory is a bind mount
-# made shared (its own peer group) before the kubelet's namespace is made with propagation
-# unchanged, and the mounts the kubelet's bind mounts hang off are made private there first,
-# so that only what it mounts under the root directory propagates out.
+# Its volume mounts (the tmpfs of downward API and memory-backed emptyDir volumes, under the
+# root directory) must reach containerd, which runs in the host's mount namespace: the root
+# directory is a bind mount made shared (its own peer group) before the kubelet's namespace is
+# made with propagation unchanged, and the mounts the kubelet's bind mounts hang off are made
+# private there first, so that only what it mounts under the root directory propagates out.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
