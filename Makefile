@@ -1,9 +1,10 @@
 # The project's entry points. README and .ci/run use these targets.
 #   make demo   install the peers, build, run a user-namespaced container end to end
 #   make test   install the peers, then every test: unit, and privileged integration tests
-#               against real containerd 1.6 and 2.4.2, the ctr and CRI flows on containerd
-#               2.0, 2.1, 2.2 and 2.3, and the kernel-dependent tests in VMs running Debian's
-#               6.1, 6.12 and newest kernels with pure cgroup v2 (needs root)
+#               against real containerd 1.6 and 2.4.2 (with a standalone kubelet v1.35 next to
+#               runc v1.5.3), the ctr, CRI and kubelet flows on containerd 2.0, 2.1, 2.2 and
+#               2.3, and the kernel-dependent tests in VMs running Debian's 6.1, 6.12 and
+#               newest kernels with pure cgroup v2 (needs root)
 CARGO ?= cargo
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 SHIM_DEBUG := $(TARGET_DIR)/debug/containerd-shim-usernsrs-v2

@@ -4,7 +4,9 @@
 #   - containerd v2.4.2 and the newest release of each other 2.x line (2.0 to 2.3), each with its
 #     ctr and containerd-shim-runc-v2, built from the Go module with the machine's Go into a
 #     cache outside the repository,
-#   - busybox-static, from which hack/build-images.sh makes the test images.
+#   - busybox-static, from which hack/build-images.sh makes the test images,
+#   - runc v1.5.3 with seccomp (the reference runtime of the kubelet tests) and the kubelet of
+#     Kubernetes v1.35.4, built from their Go modules into the same cache.
 # Idempotent: a second run on a warm machine takes about a second.
 set -euo pipefail
 
@@ -77,7 +79,54 @@ if [ ! -x "$CONTAINERD17/usr/bin/containerd" ]; then
   dpkg -x "$(ls -t "$apt_dir"/containerd_1.7*.deb | head -1)" "$CONTAINERD17"
 fi
 
-log "peers ready: containerd $(containerd --version | awk '{print $3}') (Debian), $("$PEERS/containerd" --version | awk '{print $3}') in $PEERS, $("$CONTAINERD17/usr/bin/containerd" --version | awk '{print $3}') in $CONTAINERD17"
+# build_runc VERSION: runc of one release, with seccomp, into $CACHE/runc-VERSION/bin: the
+# reference runtime the kubelet tests compare the shim with (Debian's runc 1.1 predates idmapped
+# mounts). Needs libseccomp's headers (cgo); its go.mod has no replace directive, so `go install`
+# takes it straight from the module proxy.
+build_runc() {
+  local version=$1 bin="$CACHE/runc-$1/bin"
+  [ -x "$bin/runc" ] && return 0
+  local pkg missing=()
+  for pkg in libseccomp-dev pkg-config; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  log "building runc $version with seccomp (a minute, cached in $bin)"
+  mkdir -p "$bin"
+  GOBIN="$bin" GOFLAGS=-mod=mod CGO_ENABLED=1 GOTOOLCHAIN=local \
+    go install -trimpath -tags seccomp "github.com/opencontainers/runc@$version"
+}
+
+# build_kubelet VERSION: the kubelet of Kubernetes VERSION into $CACHE/kubelet-VERSION/bin, from
+# the scratch module hack/kubelet-module.sh writes (about 4 minutes on 2 cores from cold
+# module and build caches).
+build_kubelet() {
+  local version=$1 top="$CACHE/kubelet-$1"
+  [ -x "$top/bin/kubelet" ] && return 0
+  log "building the kubelet of Kubernetes $version (about 4 minutes, cached in $top/bin)"
+  bash "$(dirname "$0")/kubelet-module.sh" "$version" "$top/mod"
+  mkdir -p "$top/bin"
+  local v=${version#v} ldflags=""
+  ldflags="-X k8s.io/component-base/version.gitVersion=$version"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=${v%%.*}"
+  v=${v#*.}; ldflags+=" -X k8s.io/component-base/version.gitMinor=${v%%.*}"
+  (cd "$top/mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local \
+    go build -trimpath -ldflags "$ldflags" -o "$top/bin/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet)
+  mv "$top/bin/kubelet.tmp" "$top/bin/kubelet"
+}
+
+# The kubelet tests' peers: runc as the reference runtime, and a kubelet.
+RUNC_VERSION=${RUNC_VERSION:-v1.5.3}
+KUBELET_VERSION=${KUBELET_VERSION:-v1.35.4}
+build_runc "$RUNC_VERSION"
+build_kubelet "$KUBELET_VERSION"
+
+log "peers ready: containerd $(containerd --version | awk '{print $3}') (Debian), $("$PEERS/containerd" --version | awk '{print $3}') in $PEERS, $("$CONTAINERD17/usr/bin/containerd" --version | awk '{print $3}') in $CONTAINERD17, runc $("$CACHE/runc-$RUNC_VERSION/bin/runc" --version | awk 'NR == 1 {print $3}'), kubelet $("$CACHE/kubelet-$KUBELET_VERSION/bin/kubelet" --version | awk '{print $2}')"
 
 # The Kubernetes (CRI) tests' tools: crictl, critest, CNI plugins.
 bash "$(dirname "$0")/install-cri.sh"

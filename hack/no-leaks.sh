@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs a command and fails if it left behind a mount, a containerd-shim-usernsrs-v2 process, a
-# test VM, or a private containerd or registry of the tests that was not there before: the
+# test VM, or a private containerd, kubelet or registry of the tests that was not there before: the
 # suite-level check that no test leaks (each test checks its own containerd as well).
 #   hack/no-leaks.sh COMMAND [ARGS...]
 set -uo pipefail
 mounts() { awk '{print $5}' /proc/self/mountinfo | sort; }
 shims() {
-  pgrep -f 'containerd-shim-usernsrs-v2|usernsrs-shim|containerd --config /tmp/usernsrs|registry serve /tmp/usernsrs|qemu-system.*usernsrs' |
+  pgrep -f 'containerd-shim-usernsrs-v2|usernsrs-shim|containerd --config /tmp/usernsrs|kubelet --config /tmp/usernsrs|registry serve /tmp/usernsrs|qemu-system.*usernsrs' |
     sort || true
 }
 before_mounts=$(mounts)

@@ -15,6 +15,11 @@
 #   private-cri.sh stop DIR           containerd, pods, mounts and the network namespace gone
 #
 # $USERNSRS_SHIM is linked into DIR/bin as containerd-shim-usernsrs-v2.
+# $USERNSRS_CRI_DEFAULT_RUNTIME (containerd 2.x) names CRI's default runtime, the one a pod
+# without a runtime handler gets (a standalone kubelet sends none: hack/private-kubelet.sh):
+#   usernsrs  the `usernsrs` handler
+#   runc      the `runc` handler with runc $RUNC_VERSION (v1.5.3) from the cache, state in DIR/runc
+#   unset     containerd's own default (`runc`, the runc on PATH)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -47,6 +52,25 @@ cni_bin_key() {
   esac
 }
 die() { log "$*"; exit 1; }
+
+# The default runtime section for $USERNSRS_CRI_DEFAULT_RUNTIME (containerd 2.x, version 3).
+default_runtime_toml() {
+  local dir=$1 section='[plugins."io.containerd.cri.v1.runtime".containerd]'
+  case ${USERNSRS_CRI_DEFAULT_RUNTIME:-} in
+    '') ;;
+    usernsrs) printf '  %s\n    default_runtime_name = "usernsrs"\n' "$section" ;;
+    runc)
+      local runc="$CACHE/runc-${RUNC_VERSION:-v1.5.3}/bin/runc"
+      [ -x "$runc" ] || die "$runc is missing: run hack/install-peers.sh"
+      printf '  %s\n    default_runtime_name = "runc"\n' "$section"
+      printf '  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]\n'
+      printf '    runtime_type = "io.containerd.runc.v2"\n'
+      printf '    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]\n'
+      printf '      BinaryName = "%s"\n      Root = "%s"\n' "$runc" "$dir/runc"
+      ;;
+    *) die "USERNSRS_CRI_DEFAULT_RUNTIME=$USERNSRS_CRI_DEFAULT_RUNTIME: want usernsrs or runc" ;;
+  esac
+}
 # The network namespace is pinned by a bind mount at DIR/netns, not named with `ip netns add`:
 # that bind-mounts /run/netns onto itself the first time a machine names a namespace, a mount
 # that stays for good and that no test of ours should leave behind.
@@ -105,6 +129,10 @@ cmd_start() {
   [ -x "$bin/containerd" ] && [ -x "$CRI_BIN/crictl" ] ||
     die "containerd $flavor or the CRI tools are missing: run hack/install-peers.sh"
   [ -n "${USERNSRS_SHIM:-}" ] || die "USERNSRS_SHIM must name the shim binary"
+  local default_runtime
+  default_runtime=$(default_runtime_toml "$dir")
+  [ "$flavor" = 2 ] || [ -z "$default_runtime" ] ||
+    die "USERNSRS_CRI_DEFAULT_RUNTIME is for containerd 2.x (1.7's default is usernsrs)"
   mkdir -p "$dir"/{bin,root,state,tmp,s,cni/conf,cni/bin,cni/ipam,pod-logs,certs.d/_default}
   # Every pull goes to the namespace's own loopback registry (cmd_registry); the namespace has
   # no route out either, so nothing else is ever reached.
@@ -160,6 +188,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
   [plugins."io.containerd.cri.v1.runtime".cni]
     $(cni_bin_key "$dir/cni/bin")
     conf_dir = "$dir/cni/conf"
+$default_runtime
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.usernsrs]
 $(handler_toml "$dir")
   [plugins."io.containerd.grpc.v1.cri"]

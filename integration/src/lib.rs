@@ -530,6 +530,302 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// The runtime CRI gives the pods of a [`KubeletNode`]: a standalone kubelet sends every pod
+/// with the default runtime handler, so the runtime under test must be CRI's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRuntime {
+    /// The `usernsrs` handler: this shim.
+    Usernsrs,
+    /// containerd-shim-runc-v2 with runc v1.5.3 from the cache: the reference.
+    Runc,
+}
+
+impl NodeRuntime {
+    fn script_arg(self) -> &'static str {
+        match self {
+            NodeRuntime::Usernsrs => "usernsrs",
+            NodeRuntime::Runc => "runc",
+        }
+    }
+}
+
+impl fmt::Display for NodeRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeRuntime::Usernsrs => "usernsrs",
+            NodeRuntime::Runc => "runc v1.5.3",
+        })
+    }
+}
+
+/// The node name `hack/private-kubelet.sh` gives its kubelet: a static pod `NAME` is reported
+/// as `NAME-usernsrs-node`.
+pub const KUBELET_NODE_NAME: &str = "usernsrs-node";
+
+/// A standalone kubelet (static pods from a manifest directory, no API server) over a private
+/// containerd 2.x with CRI, both started by `hack/private-kubelet.sh` in a fresh directory under
+/// /tmp; the containerd line is `$CONTAINERD2_VERSION`'s.
+///
+/// Dropping it removes the manifests, lets the kubelet stop the pods, stops the kubelet and
+/// containerd, and removes the directory unless a mount remains below it (then it is kept and
+/// reported).
+pub struct KubeletNode {
+    runtime: NodeRuntime,
+    /// `None` only while dropping.
+    tempdir: Option<tempfile::TempDir>,
+    dir: PathBuf,
+}
+
+impl KubeletNode {
+    /// Starts containerd and a kubelet whose pods run on `runtime`.
+    pub fn start(runtime: NodeRuntime) -> Result<Self> {
+        require_root()?;
+        let shim = shim_binary()?;
+        // Traversable (0711): a container whose root is a mapped uid reaches its rootfs.
+        let tempdir = tempfile::Builder::new()
+            .prefix("usernsrs-kubelet-")
+            .tempdir_in("/tmp")
+            .context("cannot create a directory for the kubelet in /tmp")?;
+        fs::set_permissions(tempdir.path(), fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("cannot chmod {}", tempdir.path().display()))?;
+        let dir = tempdir
+            .path()
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", tempdir.path().display()))?;
+        let node = KubeletNode {
+            runtime,
+            tempdir: Some(tempdir),
+            dir,
+        };
+        let output = Command::new("bash")
+            .arg(script("private-kubelet.sh"))
+            .arg("start")
+            .arg(&node.dir)
+            .arg(runtime.script_arg())
+            .env("USERNSRS_SHIM", &shim)
+            .output()
+            .context("cannot run hack/private-kubelet.sh")?;
+        if !output.status.success() {
+            bail!(
+                "hack/private-kubelet.sh start {} {} failed ({}):\n{}",
+                node.dir.display(),
+                runtime.script_arg(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(node)
+    }
+
+    /// The runtime its pods run on.
+    pub fn runtime(&self) -> NodeRuntime {
+        self.runtime
+    }
+
+    /// The node's directory (canonical): containerd's files, `netns`, and `kubelet/`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The kubelet's `--root-dir`: `pods/<uid>/volumes`, `pods/<uid>/userns`.
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.dir.join("kubelet/root")
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.dir.join("kubelet/manifests")
+    }
+
+    /// Writes the static pod manifest `name` (a Pod as JSON). Written beside the directory and
+    /// renamed in, so that the kubelet never reads half a file.
+    pub fn put_manifest(&self, name: &str, pod: &serde_json::Value) -> Result<()> {
+        let staged = self.dir.join(format!("kubelet/{name}.json.new"));
+        fs::write(&staged, serde_json::to_vec_pretty(pod)?)
+            .with_context(|| format!("cannot write {}", staged.display()))?;
+        let path = self.manifests().join(format!("{name}.json"));
+        fs::rename(&staged, &path)
+            .with_context(|| format!("cannot move the manifest to {}", path.display()))
+    }
+
+    /// Removes the static pod manifest `name`: the kubelet stops and removes the pod.
+    pub fn remove_manifest(&self, name: &str) -> Result<()> {
+        let path = self.manifests().join(format!("{name}.json"));
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))
+    }
+
+    /// The kubelet's `/pods`: the pods it runs, the static ones with their status.
+    pub fn pods(&self) -> Result<serde_json::Value> {
+        let output = self.script_output(&["pods"])?;
+        serde_json::from_slice(&output)
+            .with_context(|| format!("the kubelet's /pods is not JSON on {}", self.runtime))
+    }
+
+    /// The static pod `name` as the kubelet's `/pods` has it, if it has it.
+    pub fn pod(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        let full = format!("{name}-{KUBELET_NODE_NAME}");
+        let pods = self.pods()?;
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        Ok(items
+            .into_iter()
+            .find(|pod| pod["metadata"]["name"] == full.as_str()))
+    }
+
+    /// Polls the kubelet's `/pods` until the pod `name` satisfies `ready`, for at most
+    /// `timeout`; fails with `what`, the last status seen and the kubelet's log tail.
+    pub fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Some(pod) = self.pod(name)? {
+                if ready(&pod) {
+                    return Ok(pod);
+                }
+                last = pod["status"].clone();
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "on {}: pod {name} is not {what} after {} s; last status:\n{}\nkubelet log tail:\n{}",
+                    self.runtime,
+                    timeout.as_secs(),
+                    serde_json::to_string_pretty(&last).unwrap_or_default(),
+                    self.kubelet_log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// crictl against this node's containerd; fails unless it exits 0, returns stdout.
+    pub fn crictl(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new("bash")
+            .arg(script("private-cri.sh"))
+            .arg("crictl")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .context("cannot run hack/private-cri.sh crictl")?;
+        if !output.status.success() {
+            bail!(
+                "crictl {} failed on {} ({}):\n{}{}",
+                args.join(" "),
+                self.runtime,
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `crictl inspect` of a container, as JSON (`info.pid`, `status.logPath`, ...).
+    pub fn inspect(&self, container_id: &str) -> Result<serde_json::Value> {
+        let text = self.crictl(&["inspect", "-o", "json", container_id])?;
+        serde_json::from_str(&text).with_context(|| format!("crictl inspect {container_id}"))
+    }
+
+    /// Stops the kubelet alone; its pods keep running.
+    pub fn stop_kubelet(&self) -> Result<()> {
+        self.script_output(&["kubelet-stop"]).map(drop)
+    }
+
+    /// Starts the kubelet again over the same root directory, manifests and containerd.
+    pub fn start_kubelet(&self) -> Result<()> {
+        self.script_output(&["kubelet-start"]).map(drop)
+    }
+
+    /// The running kubelet's pid.
+    pub fn kubelet_pid(&self) -> Result<i32> {
+        let path = self.dir.join("kubelet/kubelet.pid");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{}: bad pid {text:?}", path.display()))
+    }
+
+    /// The last `lines` lines of the kubelet's log.
+    pub fn kubelet_log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.dir.join("kubelet/kubelet.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn script_output(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let output = Command::new("bash")
+            .arg(script("private-kubelet.sh"))
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .output()
+            .context("cannot run hack/private-kubelet.sh")?;
+        if !output.status.success() {
+            bail!(
+                "hack/private-kubelet.sh {} {} failed on {} ({}):\n{}",
+                args[0],
+                self.dir.display(),
+                self.runtime,
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output.stdout)
+    }
+}
+
+impl Drop for KubeletNode {
+    fn drop(&mut self) {
+        let Some(tempdir) = self.tempdir.take() else {
+            return;
+        };
+        match Command::new("bash")
+            .arg(script("private-kubelet.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "!!! hack/private-kubelet.sh stop {} failed ({}):\n{}",
+                self.dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!(
+                "!!! cannot run hack/private-kubelet.sh stop {}: {e}",
+                self.dir.display()
+            ),
+        }
+        match mounts_under(&self.dir) {
+            Ok(mounts) if mounts.is_empty() => {
+                if let Err(e) = tempdir.close() {
+                    eprintln!("!!! cannot remove {}: {e}", self.dir.display());
+                }
+            }
+            Ok(mounts) => {
+                let kept = tempdir.keep();
+                eprintln!(
+                    "!!! LEFT {} IN PLACE: still mounted below it: {}. Unmount these, then remove it.",
+                    kept.display(),
+                    mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Err(e) => {
+                let kept = tempdir.keep();
+                eprintln!(
+                    "!!! LEFT {} IN PLACE: cannot check its mounts: {e:#}",
+                    kept.display()
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
