@@ -9,11 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-30}
 : "${USERNSRS_SHIM:=$PWD/target/release/containerd-shim-usernsrs-v2}"
+. hack/lib.sh
 out=$(mktemp -d /tmp/usernsrs-bench-start-XXXXXX)
-trap 'rm -rf "$out"' EXIT
-USERNSRS_SHIM=$USERNSRS_SHIM BENCH_OUT=$out BENCH_PARTS=start BENCH_RUNS=$runs \
+trap 'remove_unmounted "$out"' EXIT
+# The benchmark's own log goes to a file, shown when it fails: its errors are never hidden.
+if ! USERNSRS_SHIM=$USERNSRS_SHIM BENCH_OUT=$out BENCH_PARTS=start BENCH_RUNS=$runs \
   BENCH_START_FLAVORS=2 BENCH_START_USERNS=yes BENCH_START_RUNTIMES=usernsrs,runc \
-  python3 hack/bench/bench.py 2>/dev/null
+  python3 hack/bench/bench.py 2>"$out/bench.log"; then
+  cat "$out/bench.log" >&2
+  die bench-start "hack/bench/bench.py failed (its log is above)"
+fi
 python3 - "$out/results.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

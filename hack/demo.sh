@@ -10,7 +10,9 @@ export USERNSRS_SHIM=$SHIM
 
 dir=$(mktemp -d /tmp/usernsrs-demo-XXXXXX)
 chmod 711 "$dir"
-stop() { bash hack/private-containerd.sh stop "$dir" >/dev/null || true; rm -rf "$dir"; }
+. hack/lib.sh
+# A failed stop may leave a mount under $dir: remove_unmounted keeps the directory then.
+stop() { bash hack/private-containerd.sh stop "$dir" >/dev/null || true; remove_unmounted "$dir"; }
 trap stop EXIT
 ctr() { bash hack/private-containerd.sh ctr "$dir" "$@" 2> >(grep -v 'deprecat' >&2); }
 

@@ -79,13 +79,14 @@ keep=()
 read -r -a keep <<< "${USERNSRS_VM_KEEP:-}"
 for i in "${!keep[@]}"; do
   mkdir -p "/run/usernsrs-keep/$i"
-  mount --bind "${keep[$i]}" "/run/usernsrs-keep/$i"
+  # rbind: the results share may be mounted below a kept path (a results dir under /tmp).
+  mount --rbind "${keep[$i]}" "/run/usernsrs-keep/$i"
 done
 mount -t ext4 /dev/vda /tmp || { log "cannot mount the ext4 disk on /tmp"; exit 1; }
 chmod 1777 /tmp
 for i in "${!keep[@]}"; do
   mkdir -p "${keep[$i]}"
-  mount --bind "/run/usernsrs-keep/$i" "${keep[$i]}"
+  mount --rbind "/run/usernsrs-keep/$i" "${keep[$i]}"
 done
 mkdir -p /tmp/.vm/var-lib-containerd /var/lib/containerd
 mount --bind /tmp/.vm/var-lib-containerd /var/lib/containerd

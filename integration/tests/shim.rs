@@ -737,6 +737,44 @@ fn containerd2_non_root_user_reopens_its_stdio() -> Result<()> {
     non_root_user_reopens_its_stdio(Flavor::Containerd2)
 }
 
+/// The task API socket of a shim is 0600: whoever connects can run processes as root, so only
+/// root (containerd) may, as with containerd's own shims.
+#[test]
+fn containerd2_task_socket_is_for_root_only() -> Result<()> {
+    let env = Env::start(Flavor::Containerd2)?;
+    let id = unique_id("socket-mode");
+    env.run_detached(&[], &id, &["sleep", "60"])?;
+    let result = (|| -> Result<()> {
+        let pids = env.shim_pids()?;
+        let mut sockets = Vec::new();
+        for pid in pids {
+            let raw = fs::read(format!("/proc/{pid}/cmdline"))?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if let Some(i) = args.iter().position(|a| a == "-socket") {
+                let addr = args.get(i + 1).context("-socket without a value")?;
+                sockets.push(PathBuf::from(addr.trim_start_matches("unix://")));
+            }
+        }
+        ensure!(!sockets.is_empty(), "no shim server with -socket found");
+        for socket in sockets {
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&socket)?.permissions());
+            ensure!(
+                mode & 0o777 == 0o600,
+                "{} has mode {:o}, not 0600",
+                socket.display(),
+                mode & 0o777
+            );
+        }
+        Ok(())
+    })();
+    env.kill_and_remove(&id)?;
+    result
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. `-info`.
 // ---------------------------------------------------------------------------------------------
@@ -857,6 +895,15 @@ fn info_advertises_user_namespaces_and_idmap() -> Result<()> {
         json!(true),
         "linux.mountExtensions.idmap.enabled in {body}"
     );
+    let options = body["mountOptions"]
+        .as_array()
+        .ok_or_else(|| anyhow!("features have no mountOptions: {body}"))?;
+    for o in ["rro", "rnosuid", "rnodev", "rnoexec", "ridmap"] {
+        ensure!(
+            options.contains(&json!(o)),
+            "mountOptions lacks {o}: {options:?}"
+        );
+    }
     Ok(())
 }
 

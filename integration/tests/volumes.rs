@@ -1459,3 +1459,68 @@ fn containerd16_recursive_options_reach_submounts() -> Result<()> {
 fn containerd2_recursive_options_reach_submounts() -> Result<()> {
     recursive_options_reach_submounts(Flavor::Containerd2)
 }
+
+/// rootfsPropagation rshared (CRI's answer to a Bidirectional volume) keeps the container's
+/// copy of the host's mounts peers of the host's shared ones. Detaching the old root after
+/// pivot_root would then propagate its unmounts to the host: the shim makes the old root a
+/// recursive slave first, as runc does. A shared mount of the test's own (with a submount)
+/// stands for the host's; the host's `/` must not be shared, or a regression here would
+/// unmount the machine's own mounts (hosts with systemd share `/`: run it in a VM there).
+fn rshared_rootfs_leaves_the_hosts_shared_mounts_alone(flavor: Flavor) -> Result<()> {
+    let root_shared = mountinfo_lines()?
+        .iter()
+        .any(|l| l.split(' ').nth(4) == Some("/") && l.contains(" shared:"));
+    ensure!(
+        !root_shared,
+        "{flavor}: this host's / has shared propagation: the test could unmount the host's mounts \
+         if the shim regressed; run it in a private mount namespace or a VM (make vm-test)"
+    );
+    let env = Env::start(flavor)?;
+    let rootfs = env.dir().join("rootfs");
+    unpack_busybox(&rootfs)?;
+    let top = HostMount::new("tmpfs", &env.dir().join("shared-top"), "mode=0755")?;
+    nix::mount::mount(
+        None::<&str>,
+        top.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .context("make the test mount shared")?;
+    let sub = HostMount::new("tmpfs", &top.path().join("sub"), "mode=0755")?;
+    let id = unique_id("rshared-root");
+    let mut spec = env.base_spec(&id, &rootfs, "echo ran")?;
+    spec["linux"]["rootfsPropagation"] = json!("rshared");
+    spec["mounts"]
+        .as_array_mut()
+        .context("spec has mounts")?
+        .push(
+            json!({"destination": "/shared", "type": "bind", "source": top.path(),
+                     "options": ["rbind", "rshared"]}),
+        );
+    let run = env.create_and_start(&id, &spec)?;
+    ensure!(
+        run.status.success() && run.stdout.contains("ran"),
+        "{flavor}: the container must run: {} {:?} {:?}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let under = mounts_under(top.path())?;
+    ensure!(
+        under.contains(&sub.path().to_path_buf()),
+        "{flavor}: the host's shared submount {} was unmounted by the container's old root: {under:?}",
+        sub.path().display()
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd16_rshared_rootfs_leaves_the_hosts_shared_mounts_alone() -> Result<()> {
+    rshared_rootfs_leaves_the_hosts_shared_mounts_alone(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_rshared_rootfs_leaves_the_hosts_shared_mounts_alone() -> Result<()> {
+    rshared_rootfs_leaves_the_hosts_shared_mounts_alone(Flavor::Containerd2)
+}

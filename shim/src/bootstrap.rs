@@ -111,9 +111,12 @@ pub fn features(idmap: bool) -> serde_json::Value {
         "mountOptions": [
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "idmap",
             "lazytime", "mand", "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand",
-            "norelatime", "nostrictatime", "nosuid", "nosymfollow", "private", "rbind", "relatime",
-            "remount", "ridmap", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
-            "shared", "slave", "strictatime", "suid", "sync", "unbindable"
+            "norelatime", "nostrictatime", "nosuid", "nosymfollow", "private", "ratime", "rbind",
+            "rdev", "rdiratime", "relatime", "remount", "rexec", "ridmap", "rnoatime", "rnodev",
+            "rnodiratime", "rnoexec", "rnorelatime", "rnostrictatime", "rnosuid", "rnosymfollow",
+            "ro", "rprivate", "rrelatime", "rro", "rrw", "rshared", "rslave", "rstrictatime",
+            "rsuid", "rsymfollow", "runbindable", "rw", "shared", "slave", "strictatime", "suid",
+            "sync", "unbindable"
         ],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],

@@ -65,6 +65,14 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("listen on {path}")),
     };
+    // Only root (containerd) may connect, as with containerd's own shims: a task API socket
+    // lets its client run processes as root.
+    if let Err(e) =
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+    {
+        let _ = std::fs::remove_file(&path);
+        return Err(e).with_context(|| format!("make {path} 0600"));
+    }
     let reaper = Reaper::start().context("reaper")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
     let events = EventQueue::new(ttrpc_address, flags.namespace.clone());

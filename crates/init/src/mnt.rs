@@ -133,13 +133,26 @@ fn open_how(resolve: nix::fcntl::ResolveFlag, dir: bool) -> nix::fcntl::OpenHow 
 /// the kernel inside `root` (`RESOLVE_IN_ROOT`: no symlink, absolute or relative, leads out of
 /// it); what is made here is made with `mkdirat`/`openat` under the fd of its parent and opened
 /// without following symlinks. With `no_symlinks` no symlink is followed at all (procfs, sysfs
-/// and the like must be where they are named, CVE-2019-16884): ELOOP then. A dangling symlink
-/// on the way is an error too (ELOOP): nothing is made through a symlink.
+/// and the like must be where they are named, CVE-2019-16884): ELOOP then. A symlink whose
+/// target is missing is followed by hand: its target is resolved inside the root again.
 pub(crate) fn create_mount_point(
     root: &OwnedFd,
     dest: &Path,
     dir: bool,
     no_symlinks: bool,
+) -> Result<OwnedFd, InitError> {
+    create_mount_point_from(root, dest, dir, no_symlinks, 0)
+}
+
+/// Symlinks followed by hand on the way to a mount point, at most (the kernel's MAXSYMLINKS).
+const MAX_LINKS: usize = 40;
+
+fn create_mount_point_from(
+    root: &OwnedFd,
+    dest: &Path,
+    dir: bool,
+    no_symlinks: bool,
+    links: usize,
 ) -> Result<OwnedFd, InitError> {
     use nix::errno::Errno;
     use nix::fcntl::{openat, openat2, OFlag, ResolveFlag};
@@ -206,10 +219,31 @@ pub(crate) fn create_mount_point(
                 Err(e) => return Err(io_err(what)(e)),
             }
         }
-        cur = openat2(&cur, *part, open_how(made_here, !last || dir)).map_err(io_err(format!(
-            "open {} without following symlinks",
-            joined(i + 1).display()
-        )))?;
+        match openat2(&cur, *part, open_how(made_here, !last || dir)) {
+            Ok(fd) => cur = fd,
+            // A symlink that leads nowhere yet (its target is missing): its target, taken as a
+            // path inside the root again, is where the rest goes, as runc's MkdirAllInRoot
+            // does. The kernel resolves that path in the root once more: an absolute target
+            // or `..` cannot leave it.
+            Err(Errno::ELOOP) if !no_symlinks && links < MAX_LINKS => {
+                let target = nix::fcntl::readlinkat(&cur, *part).map_err(io_err(format!(
+                    "read the symlink /{}",
+                    joined(i + 1).display()
+                )))?;
+                let mut next = joined(i);
+                next.push(Path::new(&target));
+                for rest in &parts[i + 1..] {
+                    next.push(rest);
+                }
+                return create_mount_point_from(root, &next, dir, no_symlinks, links + 1);
+            }
+            Err(e) => {
+                return Err(io_err(format!(
+                    "open {} without following symlinks",
+                    joined(i + 1).display()
+                ))(e))
+            }
+        }
     }
     Ok(cur)
 }
@@ -242,9 +276,17 @@ mod tests {
         assert!(r.join("real/a/b").is_dir());
         create_mount_point(&fd, Path::new("/rel/file"), false, false).expect("rel");
         assert!(r.join("real/dir/file").is_file());
-        // The symlink names a host directory: inside the root it names nothing, and nothing is
-        // made through it (a dangling symlink on the way is an error), least of all outside.
-        create_mount_point(&fd, Path::new("/escape/x"), true, false).expect_err("escape");
+        // The symlink names a host directory: inside the root it is the root's own, made there,
+        // and nothing outside.
+        create_mount_point(&fd, Path::new("/escape/x"), true, false).expect("escape");
+        assert!(r
+            .join(outside.path().strip_prefix("/").expect("absolute"))
+            .join("x")
+            .is_dir());
+        // A loop of symlinks ends.
+        symlink("loop-b", r.join("loop-a")).expect("link");
+        symlink("loop-a", r.join("loop-b")).expect("link");
+        create_mount_point(&fd, Path::new("/loop-a/x"), true, false).expect_err("a loop");
         symlink("/real", r.join("abs-outside")).expect("link");
         create_mount_point(&fd, Path::new("/abs-outside/y"), true, false).expect("absolute");
         assert!(r.join("real/y").is_dir());
