@@ -62,8 +62,13 @@ impl Env {
 
     /// A private containerd of `flavor` working in containerd namespace `ns`.
     pub fn start_in(flavor: Flavor, ns: &'static str) -> Result<Self> {
+        Self::start_with_env(flavor, ns, &[])
+    }
+
+    /// Like [`Env::start_in`], with `env` in the environment of containerd and its shims.
+    pub fn start_with_env(flavor: Flavor, ns: &'static str, env: &[(&str, &str)]) -> Result<Self> {
         require_root()?;
-        let containerd = Containerd::start(flavor)?;
+        let containerd = Containerd::start_with_env(flavor, env)?;
         let image = containerd.import_busybox(ns)?;
         Ok(Env {
             containerd,
