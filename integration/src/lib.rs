@@ -130,16 +130,23 @@ impl Containerd {
     /// [`shim_binary`] is linked first on its PATH) as well as the default runc runtime.
     pub fn start(flavor: Flavor) -> Result<Self> {
         let shim = shim_binary()?;
-        Self::start_with(flavor, Some(&shim))
+        Self::start_with(flavor, Some(&shim), &[])
+    }
+
+    /// Like [`Containerd::start`], with `env` added to containerd's environment, which its
+    /// shims inherit (e.g. the shim's `USERNSRS_EXE_SEAL`).
+    pub fn start_with_env(flavor: Flavor, env: &[(&str, &str)]) -> Result<Self> {
+        let shim = shim_binary()?;
+        Self::start_with(flavor, Some(&shim), env)
     }
 
     /// Starts a containerd that knows only the runc runtime: for testing the harness itself
     /// and for peer measurements, where the usernsrs shim need not be built.
     pub fn start_runc_only(flavor: Flavor) -> Result<Self> {
-        Self::start_with(flavor, None)
+        Self::start_with(flavor, None, &[])
     }
 
-    fn start_with(flavor: Flavor, shim: Option<&Path>) -> Result<Self> {
+    fn start_with(flavor: Flavor, shim: Option<&Path>, env: &[(&str, &str)]) -> Result<Self> {
         require_root()?;
         // Short (the shim socket dir must fit in 42 bytes) and traversable (0711, like
         // /var/lib/containerd): a container whose root is a mapped uid must reach its rootfs.
@@ -166,7 +173,8 @@ impl Containerd {
         let mut cmd = Command::new(script("private-containerd.sh"));
         cmd.arg("start")
             .arg(&containerd.dir)
-            .arg(flavor.script_arg());
+            .arg(flavor.script_arg())
+            .envs(env.iter().copied());
         match shim {
             Some(shim) => cmd.env("USERNSRS_SHIM", shim),
             None => cmd.env_remove("USERNSRS_SHIM"),

@@ -9,6 +9,7 @@
 
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
+use crate::helper_exe::HelperExe;
 use crate::process::{timestamp, Exit, Launch, Process, Status};
 use crate::reaper::Reaper;
 use crate::stdio::StdioPaths;
@@ -85,6 +86,7 @@ impl Container {
         stdio: StdioPaths,
         io_owner: Option<(u32, u32)>,
         reaper: &Reaper,
+        helper: &HelperExe,
         events: EventQueue,
     ) -> Result<Arc<Container>> {
         let id = plan.id.clone();
@@ -128,6 +130,7 @@ impl Container {
             cwd: &bundle,
             io_owner,
             terminal,
+            helper,
         };
         let (init, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
 
@@ -303,6 +306,7 @@ impl Container {
         &self,
         exec_id: &str,
         reaper: &Reaper,
+        helper: &HelperExe,
         events: &EventQueue,
     ) -> Result<Arc<Process>> {
         let (spec, stdio) = {
@@ -346,6 +350,7 @@ impl Container {
             cwd: &self.bundle,
             io_owner,
             terminal,
+            helper,
         };
         let (process, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
         process.publish_exit(exit_rx, events.clone(), async {});

@@ -14,6 +14,7 @@ mod bootstrap;
 mod container;
 mod errors;
 mod events;
+mod helper_exe;
 mod metrics;
 mod oom;
 mod options;

@@ -11,6 +11,7 @@
 
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
+use crate::helper_exe::HelperExe;
 use crate::reaper::Reaper;
 use crate::stdio::{LogContext, ProcessIo, StdioPaths};
 use containerd_shim::protos::events::task::{TaskExecStarted, TaskExit, TaskStart};
@@ -87,10 +88,13 @@ async fn run_helper(
     what: &str,
     cwd: &Path,
     stdio: [OwnedFd; 3],
+    helper: &HelperExe,
 ) -> Result<Created> {
-    // /proc/self/exe, not the path: the binary may have been replaced (an upgrade) while this
-    // server runs, and the helper must be the same code as the server.
-    let exe = Path::new("/proc/self/exe");
+    // The sealed view of this server's own binary (CVE-2019-5736): the helper's stages, the
+    // container's init up to its exec among them, run from a file no container can write,
+    // never from the host's binary. It is the same code as the server, even after the file on
+    // disk was replaced by an upgrade.
+    let exe = helper.get().await?;
     let (control, helper_control) =
         std::os::unix::net::UnixStream::pair().map_err(ShimError::internal("socketpair"))?;
     let (start_r, start_w) =
@@ -99,8 +103,9 @@ async fn run_helper(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ShimError::internal("pipe"))?;
     let [stdin, stdout, stderr] = stdio;
 
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg(HELPER_ARG)
+    let mut cmd = std::process::Command::new(exe.exec_path());
+    cmd.arg0("containerd-shim-usernsrs-v2")
+        .arg(HELPER_ARG)
         .current_dir(cwd)
         .stdin(stdin)
         .stdout(stdout)
@@ -115,7 +120,9 @@ async fn run_helper(
         .map(|(fd, to)| (fd.as_raw_fd(), *to))
         .collect();
     // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup2,
-    // which are async-signal-safe; it touches no memory but the copied `raw` vector.
+    // which are async-signal-safe; it touches no memory but the copied `raw` vector. The
+    // sealed binary's fd is above every target here (see `helper_exe`), so no dup2 replaces
+    // it before exec opens it through /proc/self/fd.
     unsafe {
         cmd.pre_exec(move || {
             // First move every source above the targets so that no dup2 clobbers a source.
@@ -231,6 +238,8 @@ pub struct Launch<'a> {
     pub io_owner: Option<(u32, u32)>,
     /// The process gets a pty (`process.terminal`).
     pub terminal: bool,
+    /// The binary the helper is exec'd from.
+    pub helper: &'a HelperExe,
 }
 
 impl Process {
@@ -249,6 +258,7 @@ impl Process {
             cwd,
             io_owner,
             terminal,
+            helper,
         } = launch;
         let what = if exec_id.is_empty() {
             format!("create {container_id}")
@@ -271,7 +281,7 @@ impl Process {
             start: start_w,
             exec_status: status_r,
             console,
-        } = run_helper(request, &what, cwd, child_fds).await?;
+        } = run_helper(request, &what, cwd, child_fds, helper).await?;
         let console = match console {
             Some(master) => {
                 let copy = master

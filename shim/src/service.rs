@@ -7,6 +7,7 @@
 use crate::container::Container;
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
+use crate::helper_exe::HelperExe;
 use crate::process::{timestamp, Status};
 use crate::reaper::Reaper;
 use crate::stdio::StdioPaths;
@@ -44,6 +45,8 @@ pub struct Service {
     /// Whether any Create ever arrived.
     used: Arc<std::sync::atomic::AtomicBool>,
     reaper: Reaper,
+    /// The sealed binary every helper of this server is exec'd from.
+    helper: HelperExe,
     events: EventQueue,
     shutdown: Arc<Notify>,
 }
@@ -63,6 +66,7 @@ impl Service {
             abandoned: Mutex::default(),
             used: Arc::default(),
             reaper,
+            helper: HelperExe::default(),
             events,
             shutdown,
         }
@@ -258,6 +262,7 @@ impl Service {
             stdio,
             options.io_owner,
             &self.reaper,
+            &self.helper,
             self.events.clone(),
         )
         .await
@@ -332,7 +337,7 @@ impl Task for Service {
             c.init.start(&self.events).await?;
             c.init.clone()
         } else {
-            c.start_exec(&req.exec_id, &self.reaper, &self.events)
+            c.start_exec(&req.exec_id, &self.reaper, &self.helper, &self.events)
                 .await?
         };
         Ok(StartResponse {

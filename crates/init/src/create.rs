@@ -8,6 +8,8 @@
 //! container process enters anything.
 //!
 //! The sequence, with the process that runs each step:
+//! 0. helper: become non-dumpable, which every stage forked from it inherits; it runs from the
+//!    shim's sealed view of its binary (CVE-2019-5736), and so do C1 and C2 until C2's exec.
 //! 1. helper: fork C1 (its stage-one child). The helper is a child subreaper, so that C1's own
 //!    child stays the helper's to reap on rollback, and becomes the shim's once the helper exits.
 //! 2. C1: create (`unshare`) or join (`setns`) the user namespace; say so.
@@ -129,7 +131,16 @@ pub fn helper_main() -> ! {
     // SAFETY: the shim hands the helper its control socket as fd CONTROL_FD (see `proto`), and
     // nothing else in this process owns that fd.
     let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let (reply, console) = match read_request(&mut control).and_then(|req| match req {
+    // Non-dumpable before anything else, inherited by every stage forked from here (C1, C2,
+    // E1, E2): once a stage is in the container's namespaces, the container's root (without
+    // CAP_SYS_PTRACE over the host) cannot open its /proc/<pid>/exe, fd/*, mem or environ.
+    // The host side needs nothing of the kind: the helper writes C1's maps and reads its
+    // namespaces as host root. The container's process gets its dumpable flag back from the
+    // kernel at its own exec (unchanged credentials and a readable binary), as with runc.
+    let request = nix::sys::prctl::set_dumpable(false)
+        .map_err(InitError::sys("make the helper non-dumpable"))
+        .and_then(|()| read_request(&mut control));
+    let (reply, console) = match request.and_then(|req| match req {
         HelperRequest::Create(plan) => create(&plan),
         HelperRequest::Exec(plan) => crate::exec::exec(&plan),
     }) {

@@ -62,8 +62,13 @@ impl Env {
 
     /// A private containerd of `flavor` working in containerd namespace `ns`.
     pub fn start_in(flavor: Flavor, ns: &'static str) -> Result<Self> {
+        Self::start_with_env(flavor, ns, &[])
+    }
+
+    /// Like [`Env::start_in`], with `env` in the environment of containerd and its shims.
+    pub fn start_with_env(flavor: Flavor, ns: &'static str, env: &[(&str, &str)]) -> Result<Self> {
         require_root()?;
-        let containerd = Containerd::start(flavor)?;
+        let containerd = Containerd::start_with_env(flavor, env)?;
         let image = containerd.import_busybox(ns)?;
         Ok(Env {
             containerd,
@@ -281,9 +286,10 @@ impl Env {
 
     /// Processes of this containerd's usernsrs shims: started with its address, or (helpers,
     /// a shim that lost its arguments) running in one of its bundles. A shim is recognised by
-    /// its command line or by its executable: the server and helpers re-execute
-    /// `current_exe()`, which names the binary's real path, e.g. `$USERNSRS_SHIM` whatever its
-    /// file name, not the `containerd-shim-usernsrs-v2` link containerd started.
+    /// its command line or by its executable: the server re-executes `current_exe()`, which
+    /// names the binary's real path, e.g. `$USERNSRS_SHIM` whatever its file name, not the
+    /// `containerd-shim-usernsrs-v2` link containerd started; helpers run from a sealed view of
+    /// the binary with `containerd-shim-usernsrs-v2` as their `argv[0]`.
     pub fn shim_pids(&self) -> Result<Vec<i32>> {
         let address = self.containerd.address().to_string_lossy().into_owned();
         let state = self.dir().join("state");
