@@ -9,6 +9,7 @@ pub mod idmap;
 pub mod mount_options;
 pub mod plan;
 pub mod rootfs;
+pub mod seccomp;
 pub mod sysctl;
 pub mod volumes;
 
