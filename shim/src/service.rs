@@ -209,8 +209,8 @@ impl Service {
         let text = std::fs::read_to_string(&config)
             .map_err(|e| ShimError::InvalidArgument(format!("read {}: {e}", config.display())))?;
         let spec = serde_json::from_str(&text).map_err(|e| {
-            // The parser's message names neither the field nor the value of an unknown seccomp
-            // action, architecture, flag or operator.
+            // The parser's message for an unknown seccomp action, architecture, flag or
+            // operator names the value and a line and column, not the field.
             let named = serde_json::from_str(&text)
                 .ok()
                 .and_then(|raw| usernsrs_runtime_core::seccomp::check_names(&raw).err());

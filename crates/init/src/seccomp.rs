@@ -13,9 +13,7 @@ use usernsrs_runtime_core::seccomp::{compile as compile_profile, Arch, Filter};
 
 /// The filter for `profile` on this machine's architecture.
 pub(crate) fn compile(profile: &LinuxSeccomp) -> Result<Filter, InitError> {
-    Arch::native()
-        .and_then(|native| compile_profile(profile, native))
-        .map_err(|e| InitError::Container(e.to_string()))
+    Ok(compile_profile(profile, Arch::native()?)?)
 }
 
 /// Installs `filter` on this thread; what it execs inherits it.
