@@ -535,3 +535,52 @@ fn host_network_pod_with_user_namespace() -> Result<()> {
     cri.crictl_ok(&["rmp", &pod])?;
     Ok(())
 }
+
+/// A pod's container with the RuntimeDefault seccomp profile and privilege escalation allowed
+/// (Kubernetes' default, so CRI sends `noNewPrivileges` false) runs with the filter and without
+/// no_new_privs, so setuid binaries work in it; exec'd processes too. With `no_new_privs` asked
+/// (allowPrivilegeEscalation: false) it is set.
+#[test]
+fn runtime_default_seccomp_leaves_no_new_privs_to_the_pod() -> Result<()> {
+    let cri = Cri::start()?;
+    let (pod, pod_config) = cri.run_pod("seccomp", Some(&userns(200000, 65536)))?;
+    let script = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; echo ready; sleep 1000";
+    let mut results = Vec::new();
+    for (name, nnp) in [("escalation", false), ("no-escalation", true)] {
+        let extra = json!({"linux": {"security_context": {
+            "seccomp": {"profile_type": 0},
+            "no_new_privs": nnp,
+            "run_as_user": {"value": 1000}
+        }}});
+        let c = cri.run_container(&pod, &pod_config, name, script, extra)?;
+        let log = cri.logs_with(&c, "ready")?;
+        let out: Vec<String> = lines(&log)
+            .into_iter()
+            .filter(|l| !l.starts_with("time="))
+            .collect();
+        let exec = cri.crictl_ok(&["exec", &c, "grep", "NoNewPrivs", "/proc/self/status"])?;
+        results.push((name, out, lines(&exec)));
+        cri.crictl_ok(&["stop", "-t", "1", &c])?;
+        cri.crictl_ok(&["rm", &c])?;
+    }
+    cri.crictl_ok(&["stopp", &pod])?;
+    cri.crictl_ok(&["rmp", &pod])?;
+    for (name, out, exec) in results {
+        let nnp = if name == "escalation" { "0" } else { "1" };
+        assert_eq!(
+            out,
+            [
+                format!("NoNewPrivs: {nnp}"),
+                "Seccomp: 2".into(),
+                "ready".into()
+            ],
+            "{name}: the container's process"
+        );
+        assert_eq!(
+            exec,
+            [format!("NoNewPrivs: {nnp}")],
+            "{name}: an exec'd process"
+        );
+    }
+    Ok(())
+}

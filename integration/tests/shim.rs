@@ -10,7 +10,7 @@
 //!   when chowned into the range, and the `usernsrs.io/rootfs-idmap` annotation overrides;
 //! - bad mappings are refused at create with the shim's message, leaving nothing behind;
 //! - create/start/delete cycles leak no mount, no shim process and no containerd fd;
-//! - `-info` advertises user namespaces and idmapped mounts.
+//! - `-info` advertises user namespaces, idmapped mounts and seccomp as the shim applies it.
 //!
 //! Needs root, the shim built (`cargo build -p containerd-shim-usernsrs-v2`) and the peers
 //! (`hack/install-peers.sh`). Nothing here skips: a missing prerequisite fails the test.
@@ -928,6 +928,96 @@ fn info_reports_idmap_only_where_the_probe_succeeds() -> Result<()> {
         mounts_under(dir.path())?.len() == 1,
         "the probe left mounts: {:?}",
         mounts_under(dir.path())?
+    );
+    Ok(())
+}
+
+/// `-info` reports seccomp as the shim applies it, with runc's `features` field names: enabled,
+/// the actions (each one the kernel has, SCMP_ACT_NOTIFY not among them), every operator, the
+/// architectures a filter tells apart here, the known flags, and the flags the kernel takes
+/// (all three since Linux 4.17; WAIT_KILLABLE_RECV is known but refused without notify).
+#[test]
+fn info_reports_seccomp_as_the_shim_applies_it() -> Result<()> {
+    require_root()?;
+    let body = info_features(&[])?;
+    let seccomp = &body["linux"]["seccomp"];
+    let list = |key: &str| -> Vec<String> {
+        seccomp[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(seccomp["enabled"], json!(true), "linux.seccomp in {body}");
+    let actions = list("actions");
+    assert_eq!(
+        actions,
+        [
+            "SCMP_ACT_ALLOW",
+            "SCMP_ACT_ERRNO",
+            "SCMP_ACT_KILL",
+            "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_KILL_THREAD",
+            "SCMP_ACT_LOG",
+            "SCMP_ACT_TRACE",
+            "SCMP_ACT_TRAP"
+        ],
+        "linux.seccomp.actions"
+    );
+    let avail = fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .context("read /proc/sys/kernel/seccomp/actions_avail")?;
+    for action in &actions {
+        let kernel = match action.as_str() {
+            "SCMP_ACT_KILL" => "kill_thread",
+            other => other.trim_start_matches("SCMP_ACT_"),
+        }
+        .to_lowercase();
+        ensure!(
+            avail.split_whitespace().any(|a| a == kernel),
+            "{action} is advertised but the kernel's actions are {avail:?}"
+        );
+    }
+    assert_eq!(
+        list("operators"),
+        [
+            "SCMP_CMP_EQ",
+            "SCMP_CMP_GE",
+            "SCMP_CMP_GT",
+            "SCMP_CMP_LE",
+            "SCMP_CMP_LT",
+            "SCMP_CMP_MASKED_EQ",
+            "SCMP_CMP_NE"
+        ],
+        "linux.seccomp.operators"
+    );
+    if std::env::consts::ARCH == "x86_64" {
+        assert_eq!(
+            list("archs"),
+            ["SCMP_ARCH_X32", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64"],
+            "linux.seccomp.archs"
+        );
+    }
+    assert_eq!(
+        list("knownFlags"),
+        [
+            "SECCOMP_FILTER_FLAG_TSYNC",
+            "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+            "SECCOMP_FILTER_FLAG_LOG",
+            "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"
+        ],
+        "linux.seccomp.knownFlags"
+    );
+    assert_eq!(
+        list("supportedFlags"),
+        [
+            "SECCOMP_FILTER_FLAG_TSYNC",
+            "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+            "SECCOMP_FILTER_FLAG_LOG"
+        ],
+        "linux.seccomp.supportedFlags on Linux {}",
+        fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
     );
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod mount_options;
 pub mod mountinfo;
 pub mod plan;
 pub mod rootfs;
+pub mod seccomp;
 pub mod sysctl;
 pub mod volumes;
 

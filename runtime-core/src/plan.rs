@@ -7,6 +7,7 @@ use crate::idmap::{IdMap, IdMapError, IdMapping, UserMapping};
 use crate::rootfs::{
     plan_rootfs, RootMount, RootfsError, RootfsPlan, UsernsFacts, ROOTFS_IDMAP_ANNOTATION,
 };
+use crate::seccomp::{self, SeccompError};
 use crate::sysctl::{check_sysctl, OwnNamespaces, SysctlError};
 use crate::volumes::{plan_volumes, HostBind, VolumeError};
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
@@ -115,6 +116,8 @@ pub enum PlanError {
     Sysctl(#[from] SysctlError),
     #[error(transparent)]
     DevNode(#[from] DevNodeError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 fn to_ranges(spec: &[LinuxIdMapping]) -> Vec<IdMapping> {
@@ -302,6 +305,11 @@ pub fn plan_container(
     for key in linux.sysctl().iter().flatten().map(|(k, _)| k) {
         check_sysctl(key, own)?;
     }
+    // The container's processes compile the profile again; a bad one is refused here, before
+    // anything is set up.
+    if let Some(profile) = linux.seccomp() {
+        seccomp::compile(profile, seccomp::Arch::native()?)?;
+    }
 
     let annotation = spec
         .annotations()
@@ -432,6 +440,23 @@ mod tests {
             err.to_string(),
             "linux.uidMappings is set but linux.gidMappings is empty: both are needed"
         );
+    }
+
+    #[test]
+    fn refuses_a_seccomp_profile_it_cannot_apply_before_anything_is_set_up() {
+        let extra = r#"],"seccomp":{"defaultAction":"SCMP_ACT_ALLOW",
+            "syscalls":[{"names":["mount"],"action":"SCMP_ACT_NOTIFY"}]}"#;
+        let err = plan(spec(extra, ROOT)).expect_err("notify");
+        assert!(matches!(err, PlanError::Seccomp(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("linux.seccomp.syscalls[0].action is SCMP_ACT_NOTIFY"),
+            "{err}"
+        );
+        let extra = r#"],"seccomp":{"defaultAction":"SCMP_ACT_ERRNO",
+            "architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_AARCH64"],
+            "syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#;
+        plan(spec(extra, ROOT)).expect("a profile it can apply");
     }
 
     #[test]

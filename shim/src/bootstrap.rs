@@ -122,7 +122,7 @@ pub fn features(idmap: bool) -> serde_json::Value {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps,
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
-            "seccomp": { "enabled": false },
+            "seccomp": seccomp_features(),
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
             "mountExtensions": { "idmap": { "enabled": idmap } }
@@ -130,6 +130,35 @@ pub fn features(idmap: bool) -> serde_json::Value {
         "annotations": {
             "io.github.usernsrs.version": env!("CARGO_PKG_VERSION")
         }
+    })
+}
+
+/// `linux.seccomp` of the features document, with runc's field names: what a profile may use
+/// and which filter flags the running kernel takes.
+fn seccomp_features() -> serde_json::Value {
+    use usernsrs_runtime_core::seccomp::{Arch, ACTIONS, APPLICABLE_FLAGS, KNOWN_FLAGS, OPERATORS};
+    let mut archs: Vec<&str> = Arch::native()
+        .map(|native| {
+            Arch::ALL
+                .into_iter()
+                .filter(|a| a.runs_on(native))
+                .map(Arch::oci_name)
+                .collect()
+        })
+        .unwrap_or_default();
+    archs.sort_unstable();
+    let supported: Vec<&str> = APPLICABLE_FLAGS
+        .iter()
+        .filter(|(_, bit)| usernsrs_sys::seccomp::filter_flag_supported(*bit))
+        .map(|(name, _)| *name)
+        .collect();
+    serde_json::json!({
+        "enabled": !archs.is_empty(),
+        "actions": ACTIONS,
+        "operators": OPERATORS,
+        "archs": archs,
+        "knownFlags": KNOWN_FLAGS,
+        "supportedFlags": supported,
     })
 }
 

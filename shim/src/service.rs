@@ -212,8 +212,17 @@ impl Service {
         let config = bundle.join("config.json");
         let text = std::fs::read_to_string(&config)
             .map_err(|e| ShimError::InvalidArgument(format!("read {}: {e}", config.display())))?;
-        let spec = serde_json::from_str(&text)
-            .map_err(|e| ShimError::InvalidArgument(format!("parse {}: {e}", config.display())))?;
+        let spec = serde_json::from_str(&text).map_err(|e| {
+            // The parser's message for an unknown seccomp action, architecture, flag or
+            // operator names the value and a line and column, not the field.
+            let named = serde_json::from_str(&text)
+                .ok()
+                .and_then(|raw| usernsrs_runtime_core::seccomp::check_names(&raw).err());
+            match named {
+                Some(n) => ShimError::InvalidArgument(format!("{}: {n}", config.display())),
+                None => ShimError::InvalidArgument(format!("parse {}: {e}", config.display())),
+            }
+        })?;
         let mounts: Vec<RootMount> = req
             .rootfs
             .iter()

@@ -36,13 +36,13 @@ use usernsrs_sys::DetachedMount;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// What `execve` gets: the program, argv and envp; and the seccomp filters still to install
-/// right before it (a process with no_new_privs installs them last).
+/// What `execve` gets: the program, argv and envp; and the seccomp filter still to install
+/// right before it (a process with no_new_privs installs it last).
 pub(crate) type ExecArgs = (
     CString,
     Vec<CString>,
     Vec<CString>,
-    Vec<seccompiler::BpfProgram>,
+    Option<usernsrs_runtime_core::seccomp::Filter>,
 );
 
 /// Entry point of C2. Never returns: it execs the container process or exits.
@@ -93,7 +93,10 @@ pub(crate) fn ready_then_exec(mut chan: Channel, prepared: Result<ExecArgs, Init
         FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
     );
     close_fds_from(EXEC_STATUS_FD + 1);
-    if let Err(e) = crate::seccomp::install(&late_seccomp) {
+    if let Err(e) = late_seccomp
+        .as_ref()
+        .map_or(Ok(()), crate::seccomp::install)
+    {
         // SAFETY: as above; EXEC_STATUS_FD is still ours.
         let mut status = unsafe { fs::File::from_raw_fd(EXEC_STATUS_FD) };
         let _ = status.write_all(error_chain(&e).as_bytes());
@@ -360,19 +363,17 @@ pub(crate) fn become_process(
     for rl in process.rlimits().iter().flatten() {
         set_rlimit(rl)?;
     }
-    // seccomp needs no_new_privs or CAP_SYS_ADMIN: with no_new_privs the filters go on last,
-    // right before exec; without, now, while the process still has its capabilities (the
-    // profile must then allow the few syscalls that follow, as with runc).
-    let programs = seccomp
-        .map(crate::seccomp::compile)
-        .transpose()?
-        .unwrap_or_default();
-    let nnp = process.no_new_privileges() == Some(true);
-    let late_seccomp = if nnp {
-        programs
-    } else {
-        crate::seccomp::install(&programs)?;
-        Vec::new()
+    // A seccomp filter needs no_new_privs or CAP_SYS_ADMIN: with no_new_privs it goes on last,
+    // right before exec; without, now, while the process still has its capabilities, and
+    // no_new_privs stays unset (runc's order; the profile must then allow the few syscalls
+    // that follow, as with runc).
+    let filter = seccomp.map(crate::seccomp::compile).transpose()?;
+    let late_seccomp = match filter {
+        Some(f) if process.no_new_privileges() != Some(true) => {
+            crate::seccomp::install(&f)?;
+            None
+        }
+        other => other,
     };
 
     // Step 7.

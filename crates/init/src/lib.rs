@@ -94,6 +94,8 @@ pub enum InitError {
     },
     #[error("{0}")]
     Container(String),
+    #[error(transparent)]
+    Seccomp(#[from] usernsrs_runtime_core::seccomp::SeccompError),
     #[error("{0}")]
     Child(String),
     #[error("helper protocol: {0}")]
