@@ -13,7 +13,7 @@
 //! `/proc/self/cgroup` says `/` for every hierarchy.
 
 use crate::mountinfo::MountEntry;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// One hierarchy as the container sees it under `/sys/fs/cgroup/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,15 +71,21 @@ fn controllers_of(m: &MountEntry) -> Vec<&str> {
 }
 
 /// The host directory of cgroup `path` (as /proc/self/cgroup names it) in mount `m`.
+///
+/// A cgroup outside the reader's cgroup namespace is named with `..` (`/../sibling`,
+/// cgroup_namespaces(7)): it is not under the mount, and joining it would bind a directory
+/// beside the mount instead of the container's cgroup.
 fn host_dir(m: &MountEntry, controllers: &str, path: &Path) -> Result<PathBuf, CgroupViewError> {
-    let rel = path
-        .strip_prefix(&m.root)
-        .map_err(|_| CgroupViewError::NotVisible {
-            controllers: controllers.to_string(),
-            path: path.to_path_buf(),
-            mount_point: m.mount_point.clone(),
-            root: m.root.clone(),
-        })?;
+    let not_visible = || CgroupViewError::NotVisible {
+        controllers: controllers.to_string(),
+        path: path.to_path_buf(),
+        mount_point: m.mount_point.clone(),
+        root: m.root.clone(),
+    };
+    let rel = path.strip_prefix(&m.root).map_err(|_| not_visible())?;
+    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(not_visible());
+    }
     Ok(m.mount_point.join(rel))
 }
 
@@ -262,6 +268,21 @@ mod tests {
             Path::new("/sys/fs/cgroup"),
         )
         .expect_err("not visible");
+        assert!(matches!(err, CgroupViewError::NotVisible { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cgroup_outside_the_readers_namespace_is_not_visible() {
+        // Found by the property tests (shrunk input): the source was
+        // /sys/fs/cgroup/memory/../sibling, a directory beside the hierarchy.
+        let mounts =
+            parse("35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n").expect("mi");
+        for line in ["5:memory:/../sibling\n", "5:memory:/a/../../b\n"] {
+            let err = cgroup_view(&mounts, line, Path::new("/sys/fs/cgroup")).expect_err(line);
+            assert!(matches!(err, CgroupViewError::NotVisible { .. }), "{err}");
+        }
+        let mounts = parse("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n").expect("mi");
+        let err = cgroup_view(&mounts, "0::/../x\n", Path::new("/sys/fs/cgroup")).expect_err("v2");
         assert!(matches!(err, CgroupViewError::NotVisible { .. }), "{err}");
     }
 

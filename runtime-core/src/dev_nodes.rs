@@ -6,9 +6,13 @@
 //! (rootfsPropagation rshared), which is how a run once left its binds on the host's /dev/null.
 //! runc decides the same way (its `needsSetupDev`).
 //!
+//! Which mount is "at /dev" is decided on the destination cleaned as the helper resolves it in
+//! the rootfs (relative to its root, `..` never above it): `dev` and `/dev/../dev` are /dev.
+//!
 //! Invariants of a [`DevNode`]: `path` is relative to `/dev`, has only normal components (no
-//! `..`, no `.`, not empty), and names a block, character or fifo node. A spec entry for the path
-//! of a default replaces the default, as with runc.
+//! `..`, no `.`, not empty), and names a block, character or fifo node whose numbers the
+//! kernel's dev_t holds (major below 2^12, minor below 2^20). A spec entry for the path of a
+//! default replaces the default, as with runc.
 
 use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
 use serde::{Deserialize, Serialize};
@@ -66,18 +70,35 @@ const DEFAULTS: [(&str, u64, u64); 6] = [
     ("tty", 5, 0),
 ];
 
+/// The kernel's dev_t: 12 bits of major, 20 of minor (`MINORBITS`). `makedev` keeps only the
+/// low 32 bits of each number, so a larger one would name another device.
+const MAX_MAJOR: u64 = (1 << 12) - 1;
+const MAX_MINOR: u64 = (1 << 20) - 1;
+
 /// Whether the container's `/dev` is a filesystem of its own that needs nodes: the last mount
 /// of the spec on `/dev` is not a bind (a later mount hides an earlier one).
 pub fn needs_dev_nodes(mounts: &[Mount]) -> bool {
     mounts
         .iter()
         .rev()
-        .find(|m| {
-            m.destination()
-                .components()
-                .eq(Path::new("/dev").components())
-        })
+        .find(|m| is_dev(m.destination()))
         .is_some_and(|m| !is_bind(m))
+}
+
+/// Whether the helper mounts at `/dev` for destination `dest`: it resolves destinations inside
+/// the rootfs, relative to its root, `.` dropped and `..` never going above the root.
+fn is_dev(dest: &Path) -> bool {
+    let mut parts = Vec::new();
+    for c in dest.components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    parts == ["dev"]
 }
 
 fn is_bind(m: &Mount) -> bool {
@@ -124,17 +145,23 @@ pub fn plan_dev_nodes(spec: &Spec) -> Result<Vec<DevNode>, DevNodeError> {
             LinuxDeviceType::P => NodeKind::Fifo,
             LinuxDeviceType::A => return Err(DevNodeError::BadType { index, path }),
         };
-        let number = |field, value: i64| {
-            u64::try_from(value).map_err(|_| DevNodeError::OutOfRange {
-                index,
-                path: path.clone(),
-                field,
-                value,
-            })
+        let number = |field, value: i64, max: u64| {
+            u64::try_from(value)
+                .ok()
+                .filter(|v| *v <= max)
+                .ok_or_else(|| DevNodeError::OutOfRange {
+                    index,
+                    path: path.clone(),
+                    field,
+                    value,
+                })
         };
         let (major, minor) = match kind {
             NodeKind::Fifo => (0, 0),
-            _ => (number("major", d.major())?, number("minor", d.minor())?),
+            _ => (
+                number("major", d.major(), MAX_MAJOR)?,
+                number("minor", d.minor(), MAX_MINOR)?,
+            ),
         };
         // Permission bits; some clients also send the node's type bits (S_IFCHR...), which
         // say nothing more. Any other high bit is an error.
@@ -238,6 +265,56 @@ mod tests {
             );
             assert_eq!(plan_dev_nodes(&s).expect("plan"), Vec::new(), "{m}");
         }
+    }
+
+    #[test]
+    fn a_bind_reaching_dev_through_dot_dot_gets_no_nodes() {
+        // Found by the property tests: the helper resolves `/dev/../dev` to /dev, so nodes were
+        // made in the bound source (the host's /dev for a bind of it).
+        let m = json!([
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/dev/../dev", "type": "bind", "source": "/dev", "options": ["rbind"]}
+        ]);
+        assert!(!needs_dev_nodes(
+            &spec(m, json!([])).mounts().clone().expect("mounts")
+        ));
+    }
+
+    #[test]
+    fn a_relative_dev_destination_is_dev() {
+        // Found by the property tests (shrunk input): a tmpfs at `dev` is the container's /dev
+        // for the helper, and got no nodes.
+        let m = json!([{"destination": "dev", "type": "tmpfs"}]);
+        assert!(needs_dev_nodes(
+            &spec(m, json!([])).mounts().clone().expect("mounts")
+        ));
+    }
+
+    #[test]
+    fn refuses_numbers_the_kernels_dev_t_cannot_hold() {
+        // Found by the property tests (shrunk input: minor 1048576). makedev keeps 32 bits of
+        // each number: major 2^32 + 8 would have made block device 8:0 (sda).
+        for (major, minor, field) in [
+            (0, 1 << 20, "minor"),
+            (4096, 0, "major"),
+            ((1_i64 << 32) + 8, 0, "major"),
+        ] {
+            let s = spec(
+                dev_tmpfs(),
+                json!([{"path": "/dev/x", "type": "b", "major": major, "minor": minor}]),
+            );
+            let err = plan_dev_nodes(&s).expect_err("out of range");
+            assert!(
+                matches!(err, DevNodeError::OutOfRange { field: f, index: 0, .. } if f == field),
+                "{major}:{minor}: {err}"
+            );
+            assert!(err.to_string().starts_with("linux.devices[0]"), "{err}");
+        }
+        let s = spec(
+            dev_tmpfs(),
+            json!([{"path": "/dev/x", "type": "c", "major": 4095, "minor": (1 << 20) - 1}]),
+        );
+        plan_dev_nodes(&s).expect("the largest numbers are taken");
     }
 
     #[test]

@@ -115,13 +115,17 @@ impl MountOptions {
     }
 }
 
-/// Parses `options`; unknown words go to the data string, as runc does.
+/// Parses `options`; unknown words go to the data string, as runc does. An empty word means
+/// nothing (the kernel skips empty options in mount data too).
 pub fn parse_mount_options<S: AsRef<str>>(options: &[S]) -> MountOptions {
     use flags::*;
     let mut out = MountOptions::default();
     let mut data = Vec::new();
     for opt in options {
         let opt = opt.as_ref();
+        if opt.is_empty() {
+            continue;
+        }
         // (clear, flag)
         let flag = match opt {
             "defaults" => Some((false, 0)),
@@ -234,6 +238,19 @@ mod tests {
         assert_eq!(o.recursive.set, attrs::STRICTATIME);
         assert_eq!(o.recursive.clear, attrs::RDONLY | attrs::ATIME);
         assert!(parse_mount_options(&["ro", "nosuid"]).recursive.is_empty());
+    }
+
+    #[test]
+    fn empty_words_mean_nothing() {
+        // Found by the property tests: ["bind", "", ""] had the data "," and was refused as a
+        // bind with unknown words, while ["bind", ""] was taken.
+        for words in [&["bind", ""][..], &["bind", "", ""], &["", "rbind", ""]] {
+            assert_eq!(parse_mount_options(words).data, "", "{words:?}");
+        }
+        assert_eq!(
+            parse_mount_options(&["", "mode=755", "", "size=1k"]).data,
+            "mode=755,size=1k"
+        );
     }
 
     #[test]

@@ -60,8 +60,11 @@ fn options(field: &str) -> Vec<String> {
 }
 
 /// Parses a whole mountinfo text.
+///
+/// Lines end at `\n` only: the kernel does not escape `\r`, which a path or an option may end
+/// with (`str::lines` would drop it from the last field).
 pub fn parse(text: &str) -> Result<Vec<MountEntry>, MountInfoError> {
-    text.lines()
+    text.split('\n')
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
         .map(|(n, l)| parse_line(n + 1, l))
@@ -133,6 +136,14 @@ mod tests {
         assert_eq!(e.reason, "no ' - ' separator");
         let e = parse("1 2 0:3 / /x - tmpfs").expect_err("short");
         assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn a_carriage_return_ending_a_line_is_kept() {
+        // Found by the property tests (shrunk input): `lines()` dropped it from the super
+        // options, the last field.
+        let m = parse("1 0 0:1 / / rw - ext4 /dev/x rw,opt\r\n").expect("parse");
+        assert_eq!(m[0].super_options, ["rw", "opt\r"]);
     }
 
     #[test]

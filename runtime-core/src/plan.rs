@@ -108,6 +108,8 @@ pub enum PlanError {
     JoinMountNamespace(PathBuf),
     #[error("linux.namespaces: a mount namespace is required")]
     NoMountNamespace,
+    #[error("mounts[{0}].destination is empty: a mount needs an absolute path in the container")]
+    EmptyDestination(usize),
     #[error("rootfs")]
     Rootfs(#[from] RootfsError),
     #[error("id-mapped volume")]
@@ -322,8 +324,16 @@ pub fn plan_container(
     };
     let root_path = spec.root().as_ref().map(|r| r.path().as_path());
     let rootfs = plan_rootfs(bundle, root_path, rootfs_mounts, &facts, annotation, owner)?;
+    let mounts = spec.mounts().as_deref().unwrap_or(&[]);
+    // The helper would mount over the container's root: no error names such a mount later.
+    if let Some(i) = mounts
+        .iter()
+        .position(|m| m.destination().as_os_str().is_empty())
+    {
+        return Err(PlanError::EmptyDestination(i));
+    }
     let volumes = plan_volumes(
-        spec.mounts().as_deref().unwrap_or(&[]),
+        mounts,
         bundle,
         user_namespace.mapping(),
         user_namespace != UserNamespace::Host,
@@ -491,6 +501,28 @@ mod tests {
                 .starts_with("process.user.additionalGids 65536"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn refuses_an_empty_mount_destination_naming_its_index() {
+        // Found by the property tests (shrunk input): the refusal read "mount : id-mapping is
+        // only possible for bind mounts", naming no mount; a plain one was not refused at all.
+        for m in [
+            r#"{"destination":"","gidMappings":[{"containerID":0,"hostID":0,"size":0}]}"#,
+            r#"{"destination":"","type":"tmpfs","source":"tmpfs"}"#,
+        ] {
+            let json = format!(
+                r#"{{"ociVersion":"1.1.0","process":{{"args":["/bin/true"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+                "root":{{"path":"/img"}},"linux":{{"namespaces":[{{"type":"mount"}}]}},
+                "mounts":[{{"destination":"/proc","type":"proc"}},{m}]}}"#
+            );
+            let s: Spec = serde_json::from_str(&json).expect("spec");
+            let err = plan(s).expect_err("empty destination");
+            assert_eq!(
+                err.to_string(),
+                "mounts[1].destination is empty: a mount needs an absolute path in the container"
+            );
+        }
     }
 
     #[test]

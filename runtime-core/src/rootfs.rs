@@ -98,6 +98,13 @@ pub enum RootfsError {
         #[source]
         err: std::io::Error,
     },
+    #[error("rootfs mount {typ} {device}: cannot stat its source")]
+    StatSource {
+        typ: String,
+        device: String,
+        #[source]
+        err: std::io::Error,
+    },
 }
 
 /// What the planner needs to know about the container's user namespace.
@@ -279,8 +286,9 @@ fn plan_mounts(
             // the mapped root (like an overlay's upper dir): used as it is, or the idmap would
             // push it out of the range. A view of an image layer is owned by host ids: idmap.
             let source = PathBuf::from(&m.source);
-            let (uid, _) = owner(&source).map_err(|err| RootfsError::Stat {
-                path: source.clone(),
+            let (uid, _) = owner(&source).map_err(|err| RootfsError::StatSource {
+                typ: m.typ.clone(),
+                device: m.source.clone(),
                 err,
             })?;
             if snapshot_uids.covers_host(uid) {
@@ -576,6 +584,30 @@ mod tests {
         assert_eq!(
             mounts[0].options,
             vec!["rw".to_string(), "rbind".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_bind_rootfs_whose_source_cannot_be_stated_names_the_mount() {
+        // Found by the property tests (shrunk input): the error said "cannot stat root.path",
+        // a field this spec may not even have.
+        let facts = UsernsFacts {
+            enabled: false,
+            mapping: None,
+        };
+        let m = RootMount {
+            typ: "bind".into(),
+            source: "/s/1/fs".into(),
+            options: vec![
+                "uidmap=0:100000:65536".into(),
+                "gidmap=0:100000:65536".into(),
+            ],
+        };
+        let gone = |_: &Path| Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let err = plan_rootfs(Path::new("/b"), None, &[m], &facts, None, gone).expect_err("stat");
+        assert_eq!(
+            err.to_string(),
+            "rootfs mount bind /s/1/fs: cannot stat its source"
         );
     }
 
