@@ -377,3 +377,51 @@ fn containerd16_refuses_devices_it_cannot_make_as_said() -> Result<()> {
 fn containerd2_refuses_devices_it_cannot_make_as_said() -> Result<()> {
     refuses_devices_it_cannot_make_as_said(Flavor::Containerd2)
 }
+
+/// A bind whose destination reaches /dev through a symlink in the image (`/devlink -> /dev`)
+/// covers the spec's fresh /dev: the shim must not make nodes in it, which would write them
+/// into the bind's source on the host. The create is refused, the source left as it was.
+fn a_mount_covering_dev_through_a_symlink_is_refused(flavor: Flavor) -> Result<()> {
+    let env = Env::start_in(flavor, NS)?;
+    let rootfs = env.dir().join("rootfs");
+    unpack_busybox(&rootfs)?;
+    std::os::unix::fs::symlink("/dev", rootfs.join("devlink"))?;
+    let source = env.dir().join("devlink-source");
+    fs::create_dir_all(&source)?;
+    let id = unique_id("devlink");
+    let mut spec = env.base_spec(&id, &rootfs, "echo must-not-run")?;
+    spec["mounts"]
+        .as_array_mut()
+        .context("spec has mounts")?
+        .push(serde_json::json!({
+            "destination": "/devlink",
+            "type": "bind",
+            "source": source,
+            "options": ["rbind"],
+        }));
+    let run = env.create_and_start(&id, &spec)?;
+    ensure!(
+        !run.status.success() && run.stderr.contains("a later mount covered the spec's /dev"),
+        "{flavor}: the create must be refused: {} {:?} {:?}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let left: Vec<_> = fs::read_dir(&source)?.collect::<std::io::Result<_>>()?;
+    ensure!(
+        left.is_empty(),
+        "{flavor}: nodes were made in the bind's source: {left:?}"
+    );
+    env.assert_no_shim("the refused create")?;
+    Ok(())
+}
+
+#[test]
+fn containerd16_a_mount_covering_dev_through_a_symlink_is_refused() -> Result<()> {
+    a_mount_covering_dev_through_a_symlink_is_refused(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_a_mount_covering_dev_through_a_symlink_is_refused() -> Result<()> {
+    a_mount_covering_dev_through_a_symlink_is_refused(Flavor::Containerd2)
+}

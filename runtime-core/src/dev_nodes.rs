@@ -87,7 +87,7 @@ pub fn needs_dev_nodes(mounts: &[Mount]) -> bool {
 
 /// Whether the helper mounts at `/dev` for destination `dest`: it resolves destinations inside
 /// the rootfs, relative to its root, `.` dropped and `..` never going above the root.
-fn is_dev(dest: &Path) -> bool {
+pub fn is_dev(dest: &Path) -> bool {
     let mut parts = Vec::new();
     for c in dest.components() {
         match c {

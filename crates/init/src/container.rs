@@ -15,7 +15,8 @@
 
 use crate::create::{clone_flag, Channel, Volumes};
 use crate::mnt::{
-    create_mount_point, fd_path, mount_err, open_mounted, remount_readonly, remount_with, sys_mount,
+    create_mount_point, fd_path, mount_err, mount_id, open_mounted, remount_readonly, remount_with,
+    sys_mount,
 };
 use crate::proto::{Sync, EXEC_STATUS_FD, START_FD};
 use crate::{error_chain, InitError};
@@ -216,16 +217,29 @@ fn setup(
     let root_fd: OwnedFd = fs::File::open(root)
         .map_err(InitError::io(format!("open rootfs {}", root.display())))?
         .into();
+    // The mount the spec's last /dev mount made, to check nothing covered it since.
+    let mut dev_mount = None;
     for (index, m) in spec.mounts().iter().flatten().enumerate() {
         let volume = volumes
             .iter()
             .find(|(i, _)| *i == index)
             .map(|(_, tree)| tree);
         mount_one(plan, &root_fd, m, volume, cgroup_view.as_ref())?;
+        if usernsrs_runtime_core::dev_nodes::is_dev(m.destination()) {
+            dev_mount = Some(mount_id(&open_mounted(&root_fd, Path::new("/dev"), true)?)?);
+        }
     }
     // Only a /dev of its own gets nodes (see runtime-core's dev_nodes): a bound /dev is its
-    // source's, which may be the host's.
+    // source's, which may be the host's. A later mount that reached /dev through a symlink in
+    // the image (a bind on /devlink -> /dev) would make it someone else's too.
     if !plan.dev_nodes.is_empty() {
+        let now = mount_id(&open_mounted(&root_fd, Path::new("/dev"), true)?)?;
+        if dev_mount != Some(now) {
+            return Err(fail(
+                "refusing to make device nodes: a later mount covered the spec's /dev (a \
+                 destination reaching /dev through a symlink in the rootfs?)",
+            ));
+        }
         let in_user_ns = plan.user_namespace != UserNamespace::Host;
         crate::dev::populate(&root_fd, &plan.dev_nodes, in_user_ns)?;
     }

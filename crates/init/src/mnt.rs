@@ -103,6 +103,16 @@ pub(crate) fn open_mounted(
     )))
 }
 
+/// The id of the mount `fd` is on (`mnt_id` in /proc/self/fdinfo).
+pub(crate) fn mount_id(fd: &impl AsRawFd) -> Result<u64, InitError> {
+    let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&fdinfo).map_err(InitError::io(format!("read {fdinfo}")))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| InitError::Container(format!("{fdinfo} has no mnt_id")))
+}
+
 /// `dest` cleaned lexically: its normal components, `..` dropping the one before (never above
 /// the root), `.` and the root dropped.
 fn clean(dest: &Path) -> Vec<&std::ffi::OsStr> {
