@@ -405,35 +405,9 @@ pub fn mounts_under(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(mountinfo_lines()?
         .iter()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .map(|field| PathBuf::from(usernsrs_runtime_core::mountinfo::unescape(field)))
         .filter(|mount_point| mount_point.starts_with(&root))
         .collect())
-}
-
-/// Undoes the kernel's octal escapes of ' ', '\t', '\n' and '\\' in mountinfo paths.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |acc, b| acc.wrapping_mul(8).wrapping_add(b - b'0')),
-                );
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The real uid and real gid of `pid` as the host sees them (`Uid:`/`Gid:` of /proc/PID/status).
@@ -837,16 +811,6 @@ impl Drop for KubeletNode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unescapes_octal_mountinfo_escapes() {
-        assert_eq!(
-            unescape_mountinfo(r"/tmp/a\040b\011c\134d"),
-            "/tmp/a b\tc\\d"
-        );
-        assert_eq!(unescape_mountinfo(r"/plain/path"), "/plain/path");
-        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
-    }
 
     #[test]
     fn finds_a_child_by_its_executable() {

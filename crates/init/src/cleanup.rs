@@ -7,29 +7,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-
-/// Decodes the octal escapes (`\040` for a space) mountinfo uses in paths.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use usernsrs_runtime_core::mountinfo::unescape;
 
 /// The mount points listed in `mountinfo` text that are `dir` or below it, deepest first.
 pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {

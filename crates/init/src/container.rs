@@ -129,11 +129,22 @@ impl Channel {
     }
 }
 
+/// Closes every fd from `first` up: `close_range(2)` (Linux 5.9+), else a walk of
+/// /proc/self/fd.
 fn close_fds_from(first: i32) {
+    let Ok(first) = u32::try_from(first) else {
+        return;
+    };
+    // SAFETY: close_range only closes this process's descriptors from `first` up; none of them
+    // is used after this point (the caller execs next).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if ret == 0 {
+        return;
+    }
     let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|&fd| fd >= first)
+                .filter(|&fd| u32::try_from(fd).is_ok_and(|fd| fd >= first))
                 .collect()
         })
         .unwrap_or_default();
@@ -462,7 +473,7 @@ fn mount_point_of(path: &Path) -> Result<PathBuf, InitError> {
     Ok(info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .map(|p| PathBuf::from(usernsrs_runtime_core::mountinfo::unescape(p)))
         .filter(|p| path.starts_with(p))
         .max_by_key(|p| p.components().count())
         .unwrap_or_else(|| PathBuf::from("/")))
