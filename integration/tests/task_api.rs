@@ -1557,3 +1557,118 @@ fn containerd16_kill_of_exited_exec_and_kill_all() -> Result<()> {
 fn containerd2_kill_of_exited_exec_and_kill_all() -> Result<()> {
     kill_semantics(Flavor::Containerd2)
 }
+
+/// `linux.timeOffsets` with a new time namespace: the container's and an exec'd process's
+/// boot-time clock run ten days ahead (/proc/uptime), the host's does not. The offsets were
+/// dropped once, and exec did not join the time namespace. containerd 2.x only: Debian's 1.6
+/// ctr has no `timeOffsets` in its spec type (its binary lacks the string; 2.4.2's has it) and
+/// drops the field before the shim sees the spec.
+fn time_offsets_apply_to_the_container_and_its_execs(flavor: Flavor) -> Result<()> {
+    const AHEAD: u64 = 10 * 86_400;
+    let env = Env::start_in(flavor, NS)?;
+    let rootfs = env.dir().join("rootfs");
+    unpack_busybox(&rootfs)?;
+    let id = unique_id("timens");
+    let mut spec = env.base_spec(&id, &rootfs, "cat /proc/uptime >/uptime; exec sleep 1000")?;
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .context("spec has linux.namespaces")?
+        .push(json!({"type": "time"}));
+    spec["linux"]["timeOffsets"] = json!({
+        "boottime": {"secs": AHEAD},
+        "monotonic": {"secs": AHEAD},
+    });
+    let config = env.dir().join(format!("config-{id}.json"));
+    fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
+    let config = config.to_string_lossy().into_owned();
+    env.ctr_ok(&[
+        "containers",
+        "create",
+        "--runtime",
+        RUNTIME,
+        "--config",
+        &config,
+        &id,
+    ])?;
+    let fifo = env.fifo_dir();
+    env.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, &id])?;
+    let init = env.wait_task(&id, "RUNNING")?;
+    let result = (|| -> Result<()> {
+        let uptime = |text: &str| -> Result<u64> {
+            let secs = text.split(['.', ' ']).next().unwrap_or_default();
+            secs.parse().with_context(|| format!("uptime {text:?}"))
+        };
+        let host = uptime(&fs::read_to_string("/proc/uptime")?)?;
+        // Read by the container, in its time namespace: the host reads its own clock anywhere.
+        let file = format!("/proc/{init}/root/uptime");
+        let deadline = Instant::now() + SETTLE;
+        while fs::metadata(&file).map_or(true, |m| m.len() == 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let inside = uptime(&fs::read_to_string(&file)?)?;
+        let exec = uptime(&exec_ok(
+            &env,
+            &id,
+            "uptime",
+            &[],
+            &["cat", "/proc/uptime"],
+        )?)?;
+        ensure!(
+            inside >= host + AHEAD && exec >= host + AHEAD,
+            "{flavor}: uptime host {host} s, container {inside} s, exec {exec} s: both must be \
+             {AHEAD} s ahead"
+        );
+        let ns = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/time"));
+        ensure!(
+            ns(init)? != fs::read_link("/proc/self/ns/time")?,
+            "{flavor}: the container is in the host's time namespace"
+        );
+        Ok(())
+    })();
+    env.kill_and_remove(&id)?;
+    result
+}
+
+#[test]
+fn containerd2_time_offsets_apply_to_the_container_and_its_execs() -> Result<()> {
+    time_offsets_apply_to_the_container_and_its_execs(Flavor::Containerd2)
+}
+
+/// An exec whose additional gid the container's user namespace does not map is refused at the
+/// Exec call, naming the field (setgroups failed at Start with EINVAL, naming nothing).
+#[test]
+fn containerd2_exec_with_unmapped_additional_gids_is_refused_by_name() -> Result<()> {
+    let env = Env::start_in(Flavor::Containerd2, NS)?;
+    let id = unique_id("exec-gids");
+    env.run_detached(&userns_opts(Flavor::Containerd2), &id, &["sleep", "1000"])?;
+    let result = (|| -> Result<()> {
+        let client = shim_client(&env, &id)?;
+        let spec = json!({
+            "args": ["id"], "cwd": "/",
+            "user": {"uid": 0, "gid": 0, "additionalGids": [70000]},
+        });
+        let request = containerd_shim_protos::api::ExecProcessRequest {
+            id: id.clone(),
+            exec_id: "gids".into(),
+            spec: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: serde_json::to_vec(&spec)?,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let err = client
+            .exec(rpc_context(), &request)
+            .expect_err("an unmapped additional gid must be refused");
+        let text = format!("{err:?}");
+        ensure!(
+            text.contains("user.additionalGids 70000")
+                && (text.contains("InvalidArgument") || text.contains("INVALID_ARGUMENT")),
+            "the refusal must name user.additionalGids 70000 with InvalidArgument: {text}"
+        );
+        Ok(())
+    })();
+    env.kill_and_remove(&id)?;
+    result
+}

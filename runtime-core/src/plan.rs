@@ -74,6 +74,9 @@ pub struct ContainerPlan {
     pub chown_fallback: bool,
     /// The nodes of the container's fresh /dev (none when /dev is not a new filesystem).
     pub dev_nodes: Vec<DevNode>,
+    /// `linux.timeOffsets`, as lines of `/proc/self/timens_offsets` (`monotonic 86400 0`),
+    /// written once the new time namespace exists and before any process is in it.
+    pub time_offsets: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +119,12 @@ pub enum PlanError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    #[error(
+        "linux.timeOffsets.{0}: a time namespace offsets only the monotonic and boottime clocks"
+    )]
+    TimeOffsetClock(String),
+    #[error("linux.timeOffsets is set but linux.namespaces has no new time namespace")]
+    TimeOffsetsWithoutNamespace,
     #[error(transparent)]
     DevNode(#[from] DevNodeError),
     #[error(transparent)]
@@ -244,6 +253,40 @@ fn check_unsupported(spec: &Spec) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// `linux.timeOffsets` as `timens_offsets` lines, sorted by clock; refused for a clock the
+/// kernel does not offset, or without a new time namespace to offset.
+fn plan_time_offsets(spec: &Spec, namespaces: &[Namespace]) -> Result<Vec<String>, PlanError> {
+    let Some(offsets) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+    else {
+        return Ok(Vec::new());
+    };
+    if offsets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let new_time_ns = namespaces
+        .iter()
+        .any(|n| n.kind == NamespaceKind::Time && n.path.is_none());
+    if !new_time_ns {
+        return Err(PlanError::TimeOffsetsWithoutNamespace);
+    }
+    let mut lines = Vec::new();
+    for (clock, offset) in offsets {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(PlanError::TimeOffsetClock(clock.clone()));
+        }
+        lines.push(format!(
+            "{clock} {} {}",
+            offset.secs().unwrap_or(0),
+            offset.nanosecs().unwrap_or(0)
+        ));
+    }
+    lines.sort();
+    Ok(lines)
+}
+
 /// Builds the plan. `owner` stats a directory (see [`plan_rootfs`]).
 pub fn plan_container(
     id: &str,
@@ -344,6 +387,7 @@ pub fn plan_container(
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty());
     let dev_nodes = plan_dev_nodes(&spec)?;
+    let time_offsets = plan_time_offsets(&spec, &namespaces)?;
 
     Ok(ContainerPlan {
         id: id.to_string(),
@@ -355,6 +399,7 @@ pub fn plan_container(
         volumes,
         chown_fallback: false,
         dev_nodes,
+        time_offsets,
         spec,
     })
 }
@@ -533,5 +578,27 @@ mod tests {
             "root":{"path":"/img"},"linux":{"namespaces":[{"type":"pid"}]}}"#;
         let s: Spec = serde_json::from_str(json).expect("spec");
         assert!(matches!(plan(s), Err(PlanError::NoMountNamespace)));
+    }
+
+    #[test]
+    fn time_offsets_need_a_new_time_namespace_and_a_known_clock() {
+        let offsets =
+            r#"],"timeOffsets":{"monotonic":{"secs":86400},"boottime":{"secs":5,"nanosecs":7}}"#;
+        let p = plan(spec(&format!(r#",{{"type":"time"}}{offsets}"#), ROOT)).expect("plan");
+        assert_eq!(p.time_offsets, ["boottime 5 7", "monotonic 86400 0"]);
+        let err = plan(spec(
+            r#",{"type":"time"}],"timeOffsets":{"realtime":{"secs":1}}"#,
+            ROOT,
+        ))
+        .expect_err("realtime");
+        assert!(
+            err.to_string().contains("linux.timeOffsets.realtime"),
+            "{err}"
+        );
+        let err = plan(spec(offsets, ROOT)).expect_err("no time namespace");
+        assert!(
+            matches!(err, PlanError::TimeOffsetsWithoutNamespace),
+            "{err}"
+        );
     }
 }

@@ -272,6 +272,12 @@ impl Container {
             if m.gid.to_host(user.gid()).is_none() {
                 return Err(unmapped("user.gid", user.gid()));
             }
+            // setgroups would fail with EINVAL at Start, naming nothing.
+            for &gid in user.additional_gids().iter().flatten() {
+                if m.gid.to_host(gid).is_none() {
+                    return Err(unmapped("user.additionalGids", gid));
+                }
+            }
         }
         let mut execs = lock(&self.execs);
         if execs.contains_key(exec_id) {

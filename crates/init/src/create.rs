@@ -546,6 +546,15 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
             .filter(|ns| ns.path.is_none() && ns.kind != NamespaceKind::Cgroup)
             .fold(CloneFlags::empty(), |acc, ns| acc | clone_flag(ns.kind));
         unshare(new).map_err(InitError::sys(format!("unshare namespaces {new:?}")))?;
+        // The clocks of a new time namespace can be offset only until a process is in it:
+        // now, before C2 is forked into it.
+        if !plan.time_offsets.is_empty() {
+            let lines = plan.time_offsets.join("\n") + "\n";
+            std::fs::write("/proc/self/timens_offsets", lines).map_err(InitError::io(format!(
+                "write linux.timeOffsets {:?} to /proc/self/timens_offsets",
+                plan.time_offsets
+            )))?;
+        }
         // SAFETY: C1 is single-threaded (forked from the single-threaded helper).
         match unsafe { fork() }.map_err(InitError::sys("fork the container process"))? {
             ForkResult::Child => {

@@ -33,13 +33,14 @@ use std::path::Path;
 
 /// Namespaces in the order they are joined: user first, mount last (it hides the host's
 /// /proc, which the others do not need anyway since their fds are open already).
-const NAMESPACES: [(&str, CloneFlags); 7] = [
+const NAMESPACES: [(&str, CloneFlags); 8] = [
     ("user", CloneFlags::CLONE_NEWUSER),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
     ("pid", CloneFlags::CLONE_NEWPID),
     ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("time", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)),
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
