@@ -1390,9 +1390,9 @@ fn containerd2_idmapped_mounts_keep_read_only_and_propagation() -> Result<()> {
 }
 
 /// The recursive options reach every mount of a bind (`rro` makes a submount read-only too,
-/// where `ro` leaves it writable), and a word that is no option of a bind mount is refused
-/// naming the mount, not handed to the kernel as data it ignores. `rro` was such a word once:
-/// the whole tree stayed writable.
+/// where `ro` leaves it writable), and so does `linux.readonlyPaths`; a word that is no option
+/// of a bind mount is refused naming the mount, not handed to the kernel as data it ignores.
+/// `rro` was such a word once: the whole tree stayed writable.
 fn recursive_options_reach_submounts(flavor: Flavor) -> Result<()> {
     let env = Env::start(flavor)?;
     let rootfs = env.dir().join("rootfs");
@@ -1403,13 +1403,23 @@ fn recursive_options_reach_submounts(flavor: Flavor) -> Result<()> {
     let probe = "for d in /data /data/sub; do \
                  if touch $d/probe 2>/dev/null; then echo $d writable; else echo $d read-only; fi; \
                  done";
-    for (options, top, sub) in [
-        (json!(["rbind", "ro"]), "read-only", "writable"),
-        (json!(["rbind", "rro"]), "read-only", "read-only"),
-        (json!(["rbind", "rro", "rrw"]), "writable", "writable"),
+    // The last case: `linux.readonlyPaths` makes the path read-only with its submounts.
+    for (options, top, sub, readonly_path) in [
+        (json!(["rbind", "ro"]), "read-only", "writable", false),
+        (json!(["rbind", "rro"]), "read-only", "read-only", false),
+        (
+            json!(["rbind", "rro", "rrw"]),
+            "writable",
+            "writable",
+            false,
+        ),
+        (json!(["rbind"]), "read-only", "read-only", true),
     ] {
         let id = unique_id("rro");
         let mut spec = env.base_spec(&id, &rootfs, probe)?;
+        if readonly_path {
+            spec["linux"]["readonlyPaths"] = json!(["/data"]);
+        }
         spec["mounts"]
             .as_array_mut()
             .context("spec has mounts")?

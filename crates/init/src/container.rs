@@ -15,8 +15,8 @@
 
 use crate::create::{clone_flag, Channel, Volumes};
 use crate::mnt::{
-    create_mount_point, fd_path, mount_err, mount_id, open_mounted, remount_readonly, remount_with,
-    sys_mount,
+    create_mount_point, fd_path, mount_err, mount_id, open_mounted, open_root, remount_readonly,
+    remount_with, sys_mount,
 };
 use crate::proto::{Sync, EXEC_STATUS_FD, START_FD};
 use crate::{error_chain, InitError};
@@ -777,12 +777,7 @@ fn mask_path(p: &Path) -> Result<(), InitError> {
     // image or a volume put there. The masked path is opened inside the container's root, and
     // mounted on through that fd.
     let null = crate::dev::open_null()?;
-    let root = nix::fcntl::open(
-        "/",
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(InitError::sys("open the container's root"))?;
+    let root = open_root()?;
     let target = match open_mounted(&root, p, false) {
         Ok(fd) => fd,
         Err(InitError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -806,13 +801,34 @@ fn mask_path(p: &Path) -> Result<(), InitError> {
     .map_err(mount_err("mask", p))
 }
 
+/// A `linux.readonlyPaths` entry (after pivot_root): bound onto itself through an fd opened
+/// inside the container's root, then made read-only with every mount below it
+/// (`mount_setattr(AT_RECURSIVE)`: a submount, /proc/sys/fs/binfmt_misc say, stays no way in).
 fn readonly_path(p: &Path) -> Result<(), InitError> {
-    if !p.exists() {
-        return Ok(());
-    }
-    sys_mount(Some(p), p, None, mflags::BIND | mflags::REC, None)
+    let root = open_root()?;
+    let target = match open_mounted(&root, p, false) {
+        Ok(fd) => fd,
+        Err(InitError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    let at = fd_path(&target);
+    sys_mount(Some(&at), &at, None, mflags::BIND | mflags::REC, None)
         .map_err(mount_err("read-only bind", p))?;
-    remount_readonly(p)
+    let bound = open_mounted(&root, p, false)?;
+    let attrs = usernsrs_sys::MountAttrs {
+        set: usernsrs_runtime_core::mount_options::attrs::RDONLY,
+        clear: 0,
+        propagation: 0,
+    };
+    usernsrs_sys::mount_api::set_attrs_at(bound.as_fd(), attrs, None, true).map_err(|err| {
+        InitError::Mount {
+            what: "read-only (linux.readonlyPaths)".into(),
+            target: p.to_path_buf(),
+            err,
+        }
+    })
 }
 
 /// The program to exec, its argv and envp. A bare name is looked up in the container's PATH now,

@@ -103,6 +103,17 @@ pub(crate) fn open_mounted(
     )))
 }
 
+/// This process's root directory (the container's, after pivot_root), for [`open_mounted`].
+pub(crate) fn open_root() -> Result<OwnedFd, InitError> {
+    use nix::fcntl::OFlag;
+    nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(InitError::sys("open the container's root"))
+}
+
 /// The id of the mount `fd` is on (`mnt_id` in /proc/self/fdinfo).
 pub(crate) fn mount_id(fd: &impl AsRawFd) -> Result<u64, InitError> {
     let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
