@@ -1534,3 +1534,59 @@ fn containerd16_rshared_rootfs_leaves_the_hosts_shared_mounts_alone() -> Result<
 fn containerd2_rshared_rootfs_leaves_the_hosts_shared_mounts_alone() -> Result<()> {
     rshared_rootfs_leaves_the_hosts_shared_mounts_alone(Flavor::Containerd2)
 }
+
+/// A container that joins another's user namespace gets volumes idmapped with that namespace's
+/// real mapping, whatever mapping its spec claims for it: a spec claiming 0:200000 for a
+/// namespace that maps 0:100000 once got volumes showing host 200000 as its root.
+fn joined_namespace_volumes_use_its_real_mapping(flavor: Flavor) -> Result<()> {
+    let (env, rootfs) = env_and_rootfs(flavor)?;
+    let src = env.dir().join("vol-joined");
+    // An idmapped volume shows disk owners as the container's ids: on-disk 0 is the
+    // container's root through the real mapping, and unmapped (65534) through the claimed one.
+    make_source(&src, &[("disk-root", 0, 0), ("disk-1000", 1000, 1000)])?;
+    let holder = unique_id("holder");
+    let mut opts = vec!["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    if flavor == Flavor::Containerd2 {
+        opts.push("--remap-labels");
+    }
+    let holder_pid = env.run_detached(&opts, &holder, &["/bin/sleep", "1000"])?;
+    let result = (|| -> Result<()> {
+        let id = unique_id("joiner");
+        let mut spec = env.base_spec(
+            &id,
+            &rootfs,
+            "stat -c '%n %u:%g' /data/disk-root /data/disk-1000",
+        )?;
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .context("spec has linux.namespaces")?
+            .push(json!({ "type": "user", "path": format!("/proc/{holder_pid}/ns/user") }));
+        set_mapping(&mut spec, 200_000, RANGE);
+        add_mounts(&mut spec, vec![bind("/data", &src, &["rbind", "idmap"])])?;
+        let out = run_lines(
+            &env,
+            &id,
+            &spec,
+            "joined namespace with a claimed mapping",
+            2,
+        )?;
+        assert_eq!(
+            out,
+            ["/data/disk-root 0:0", "/data/disk-1000 1000:1000"],
+            "{flavor}: owners through the volume of a container in a joined namespace"
+        );
+        Ok(())
+    })();
+    env.kill_and_remove(&holder)?;
+    result
+}
+
+#[test]
+fn containerd16_joined_namespace_volumes_use_its_real_mapping() -> Result<()> {
+    joined_namespace_volumes_use_its_real_mapping(Flavor::Containerd16)
+}
+
+#[test]
+fn containerd2_joined_namespace_volumes_use_its_real_mapping() -> Result<()> {
+    joined_namespace_volumes_use_its_real_mapping(Flavor::Containerd2)
+}

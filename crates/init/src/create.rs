@@ -411,7 +411,9 @@ impl MountNamespaces {
             (IdmapWith::Mapping(m), _) | (IdmapWith::Container, UserNamespace::New(m)) => {
                 Some(m.clone())
             }
-            (IdmapWith::Container, UserNamespace::Join { mapping, .. }) => mapping.clone(),
+            // The joined namespace itself, never the mapping the spec claims for it: a volume
+            // must show the ids the container really has.
+            (IdmapWith::Container, UserNamespace::Join { .. }) => None,
             (IdmapWith::Container, UserNamespace::Host) => None,
         };
         if let Some(i) = self.0.iter().position(|(m, _)| *m == mapping) {
@@ -425,7 +427,6 @@ impl MountNamespaces {
                         what.display()
                     )))?
             }
-            // A joined namespace whose mapping the spec does not repeat lends its own.
             (None, UserNamespace::Join { path, .. }) => open_fd(&path.to_string_lossy())?,
             (None, _) => {
                 return Err(InitError::Protocol(format!(
