@@ -1460,3 +1460,139 @@ fn containerd16_unimplemented_rpcs_say_so() -> Result<()> {
 fn containerd2_unimplemented_rpcs_say_so() -> Result<()> {
     unimplemented_rpcs_say_so(Flavor::Containerd2)
 }
+
+/// `check`, the operator's pre-flight report, run for real: on this kernel every probe works
+/// (an idmapped tmpfs only from 6.3, where the report must say so and fail), a ramfs path fails
+/// naming the way out, containerd lines get the configuration that works on them, and the run
+/// leaves the host's mount table and temp dir as they were.
+#[test]
+fn check_reports_what_works_and_changes_nothing() -> Result<()> {
+    require_root()?;
+    let cache = std::env::var_os("USERNSRS_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/usernsrs"), PathBuf::from);
+    let dir = tempfile::tempdir()?;
+    let ram = HostMount::new("ramfs", &dir.path().join("ramfs"), "mode=0755")?;
+    let run = |args: &[&std::ffi::OsStr]| -> Result<(i32, Value)> {
+        let out = Command::new(shim_binary()?)
+            .arg("check")
+            .arg("--json")
+            .args(args)
+            .output()?;
+        let body: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "check printed no JSON: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok((out.status.code().unwrap_or(-1), body))
+    };
+    let status_of = |body: &Value, name: &str| -> Result<(String, Value)> {
+        let line = body["checks"]
+            .as_array()
+            .context("no checks")?
+            .iter()
+            .find(|c| {
+                c["name"]
+                    .as_str()
+                    .is_some_and(|n| n == name || n.ends_with(name))
+            })
+            .with_context(|| format!("no line {name} in {body}"))?;
+        Ok((
+            line["status"].as_str().unwrap_or_default().to_string(),
+            line.clone(),
+        ))
+    };
+    let before = mountinfo_lines()?;
+    let tmpfs_ok = common::kernel_at_least(6, 3)?;
+
+    let c24 = cache.join("containerd-v2.4.2/bin/containerd");
+    let (code, body) = run(&[
+        "--containerd".as_ref(),
+        c24.as_os_str(),
+        dir.path().as_os_str(),
+    ])?;
+    for name in [
+        "user namespaces",
+        "idmapped mounts",
+        "overlayfs over idmapped layers",
+        "device rules",
+    ] {
+        let (status, line) = status_of(&body, name)?;
+        ensure!(status == "ok", "check: {name} must be ok here: {line}");
+    }
+    let (status, line) = status_of(&body, "idmapped tmpfs")?;
+    ensure!(
+        (status == "ok") == tmpfs_ok,
+        "check: idmapped tmpfs must be {} on this kernel: {line}",
+        if tmpfs_ok { "ok" } else { "fail" }
+    );
+    let (status, line) = status_of(&body, &dir.path().display().to_string())?;
+    ensure!(
+        status == "ok",
+        "check: the temp dir must be idmappable: {line}"
+    );
+    let (status, line) = status_of(&body, "v2.4.2/bin/containerd")?;
+    ensure!(
+        status == "ok"
+            && line["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("io.containerd.usernsrs.v2")),
+        "check: containerd 2.4.2 gets runtime_type usernsrs: {line}"
+    );
+    ensure!(
+        code == i32::from(!tmpfs_ok) && body["ready"] == json!(tmpfs_ok),
+        "check: exit {code}, ready {} on a kernel {} idmapped tmpfs",
+        body["ready"],
+        if tmpfs_ok { "with" } else { "without" }
+    );
+
+    let c20 = cache.join("containerd-v2.0.14/bin/containerd");
+    let (code, body) = run(&[
+        "--containerd".as_ref(),
+        c20.as_os_str(),
+        ram.path().as_os_str(),
+    ])?;
+    let (status, line) = status_of(&body, &ram.path().display().to_string())?;
+    ensure!(
+        status == "fail"
+            && line["detail"].as_str().is_some_and(|d| d.contains("ramfs"))
+            && line["way_out"]
+                .as_str()
+                .is_some_and(|w| w.contains("slow_chown")),
+        "check: a ramfs path must fail naming ramfs and slow_chown: {line}"
+    );
+    let (status, line) = status_of(&body, "v2.0.14/bin/containerd")?;
+    ensure!(
+        status == "ok"
+            && line["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("runtime_path")),
+        "check: containerd 2.0.14 needs runc's type with runtime_path: {line}"
+    );
+    ensure!(
+        code == 1 && body["ready"] == json!(false),
+        "check: a failed line must give exit 1"
+    );
+
+    let (code, body) = run(&["--containerd".as_ref(), "/usr/bin/containerd".as_ref()])?;
+    let (status, line) = status_of(&body, "/usr/bin/containerd")?;
+    ensure!(
+        status == "fail" && code == 1,
+        "check: Debian's containerd 1.6 has no CRI user namespaces: {line}"
+    );
+
+    let after = mountinfo_lines()?;
+    ensure!(before == after, "check changed the host's mount table");
+    let left: Vec<_> = fs::read_dir(std::env::temp_dir())?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("usernsrs-check-")
+        })
+        .map(|e| e.path())
+        .collect();
+    ensure!(left.is_empty(), "check left {left:?}");
+    Ok(())
+}

@@ -55,7 +55,7 @@ fn probe_idmap() -> bool {
     ok.is_ok()
 }
 
-fn probe_idmapped_overlay(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn probe_idmapped_overlay(dir: &Path) -> anyhow::Result<()> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     use usernsrs_init::overlay::{mount_over_idmapped_layers, OverlayParts};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare mount namespace")?;

@@ -5,12 +5,14 @@
 //! - `-info`: describe the runtime (features) to containerd;
 //! - `start`: spawn (or reuse) the long-lived server and tell containerd its address;
 //! - `delete`: clean up after a server that died;
+//! - `check`: the operator's pre-flight report (see [`check`]);
 //! - `__usernsrs_create`: the single-threaded helper that creates one container;
 //! - anything else (with `-socket`): the server itself.
 //!
 //! The helper role is decided before any thread exists: it forks.
 
 mod bootstrap;
+mod check;
 mod container;
 mod errors;
 mod events;
@@ -33,6 +35,15 @@ fn main() {
         .is_some_and(|a| a == usernsrs_init::proto::HELPER_ARG)
     {
         usernsrs_init::create::helper_main();
+    }
+    if args.get(1).is_some_and(|a| a == "check") {
+        match check::main(&args[2..]) {
+            Ok(status) => std::process::exit(status),
+            Err(e) => {
+                eprintln!("containerd-shim-usernsrs-v2 check: {e:#}");
+                std::process::exit(2);
+            }
+        }
     }
     let result = (|| -> anyhow::Result<()> {
         let flags = containerd_shim::parse(&args[1..]).context("parse command line")?;
