@@ -19,7 +19,7 @@
 #   USERNSRS_VM_KERNELS   which kernels, default "6.1 6.12 backports"
 #   USERNSRS_VM_TESTS     the test list, default integration/vm-tests.txt
 #   USERNSRS_VM_RESULTS   default $CACHE/vm/results (summary.txt there, one dir per kernel)
-#   USERNSRS_VM_TIMEOUT   hard limit per VM in seconds, default 900
+#   USERNSRS_VM_TIMEOUT   hard limit per VM in seconds, default 1200
 #   USERNSRS_VM_TEST_TIMEOUT  limit per test inside the guest, default 600
 #   USERNSRS_VM_MEMORY    guest memory, default 4G
 #   USERNSRS_VM_JOBS      VMs side by side, default the number of cores
@@ -37,7 +37,7 @@ PEERS="$CACHE/containerd-$CONTAINERD2_VERSION/bin"
 read -r -a KEYS <<<"${USERNSRS_VM_KERNELS:-6.1 6.12 backports}"
 TEST_LIST=${USERNSRS_VM_TESTS:-$REPO/integration/vm-tests.txt}
 RESULTS=${USERNSRS_VM_RESULTS:-$VM_CACHE/results}
-VM_TIMEOUT=${USERNSRS_VM_TIMEOUT:-900}
+VM_TIMEOUT=${USERNSRS_VM_TIMEOUT:-1200}
 MEMORY=${USERNSRS_VM_MEMORY:-4G}
 DISK_SIZE=8G
 
