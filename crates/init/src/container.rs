@@ -3,17 +3,23 @@
 //! Runs as root of the container's user namespace in a fresh mount namespace that is a copy of
 //! the host's, with the rootfs already prepared at `plan.rootfs.target` (see [`crate::create`]).
 //! The steps, in order:
-//! 1. make every mount a slave, so nothing done here propagates back to the host;
-//! 2. bind the rootfs onto itself, so that it is a mount point `pivot_root` accepts;
-//! 3. the spec's mounts, each destination resolved inside the rootfs without following a symlink
-//!    out of it; the nodes of a fresh /dev (see [`crate::dev`]);
-//! 4. `pivot_root` and detach the old root;
-//! 5. masked and read-only paths, read-only root;
-//! 6. hostname, sysctls, rlimits;
-//! 7. credentials: groups, gid, uid, capabilities, no_new_privs; cwd;
-//! 8. report ready, block until Start, close every fd but stdio, exec.
+//! 1. read what /sys/fs/cgroup will show (the container's cgroup paths as the host names them),
+//!    then join or make the cgroup namespace;
+//! 2. make every mount a slave, so nothing done here propagates back to the host (or shared,
+//!    as rootfsPropagation says);
+//! 3. bind the rootfs onto itself, so that it is a mount point `pivot_root` accepts;
+//! 4. the spec's mounts, each mount point made and mounted on through fds resolved inside the
+//!    rootfs ([`crate::mnt`]); the nodes of a fresh /dev ([`crate::dev`]);
+//! 5. `pivot_root`, the old root made rslave and detached;
+//! 6. sysctls, while /proc/sys is writable;
+//! 7. masked and read-only paths, read-only root;
+//! 8. hostname, the console;
+//! 9. the process ([`become_process`], shared with exec): rlimits, seccomp (early without
+//!    no_new_privs), groups, ids, capabilities, no_new_privs, umask, cwd;
+//! 10. report ready, block until Start, close every fd but stdio, seccomp (late with
+//!     no_new_privs), exec.
 
-use crate::create::{clone_flag, Channel, Volumes};
+use crate::channel::Channel;
 use crate::mnt::{
     create_mount_point, fd_path, mount_err, mount_id, open_mounted, open_root, remount_readonly,
     remount_with, sys_mount,
@@ -36,6 +42,10 @@ use usernsrs_runtime_core::{ContainerPlan, NamespaceKind, UserNamespace};
 use usernsrs_sys::DetachedMount;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The idmapped volumes C1 prepared on the host side, by the index of their spec mount: C2
+/// attaches each at its destination.
+pub(crate) type Volumes = Vec<(usize, DetachedMount)>;
 
 /// What `execve` gets: the program, argv and envp; and the seccomp filter still to install
 /// right before it (a process with no_new_privs installs it last).
@@ -60,7 +70,7 @@ pub(crate) fn run(
     ready_then_exec(chan, prepared)
 }
 
-/// Step 8, shared by containers and exec'd processes: report ready (or the error), block until
+/// Step 10, shared by containers and exec'd processes: report ready (or the error), block until
 /// Start, keep only stdio, exec. Never returns.
 pub(crate) fn ready_then_exec(mut chan: Channel, prepared: Result<ExecArgs, InitError>) -> ! {
     let (path, args, env, late_seccomp) = match prepared {
@@ -118,17 +128,6 @@ pub(crate) fn ready_then_exec(mut chan: Channel, prepared: Result<ExecArgs, Init
     unsafe { libc::_exit(127) }
 }
 
-impl Channel {
-    fn expect_proceed(&mut self) -> Result<(), InitError> {
-        match self.recv()? {
-            Sync::Proceed => Ok(()),
-            other => Err(InitError::Protocol(format!(
-                "expected Proceed, got {other:?}"
-            ))),
-        }
-    }
-}
-
 /// Closes every fd from `first` up: `close_range(2)` (Linux 5.9+), else a walk of
 /// /proc/self/fd.
 fn close_fds_from(first: i32) {
@@ -159,7 +158,7 @@ fn fail(msg: impl Into<String>) -> InitError {
     InitError::Container(msg.into())
 }
 
-/// Steps 1 to 7. Returns what to exec.
+/// Steps 1 to 9. Returns what to exec.
 fn setup(
     plan: &ContainerPlan,
     volumes: &Volumes,
@@ -173,7 +172,7 @@ fn setup(
         .ok_or(fail("spec has no linux section"))?;
     let root = plan.rootfs.target.as_path();
 
-    // What /sys/fs/cgroup will show, read while the container's cgroup paths are still the
+    // Step 1. What /sys/fs/cgroup will show, read while the container's cgroup paths are still the
     // host's names for them (inside the cgroup namespace they are all "/").
     let wants_cgroupfs = spec
         .mounts()
@@ -194,7 +193,7 @@ fn setup(
         .find(|n| n.kind == NamespaceKind::Cgroup)
     {
         match (&ns.path, &cgroup_ns) {
-            (Some(p), Some(fd)) => setns(fd.as_fd(), clone_flag(NamespaceKind::Cgroup)).map_err(
+            (Some(p), Some(fd)) => setns(fd.as_fd(), CloneFlags::CLONE_NEWCGROUP).map_err(
                 InitError::sys(format!("join cgroup namespace {}", p.display())),
             )?,
             _ => unshare(CloneFlags::CLONE_NEWCGROUP)
@@ -203,7 +202,7 @@ fn setup(
     }
     drop(cgroup_ns);
 
-    // Step 1.
+    // Step 2.
     let propagation = match linux.rootfs_propagation().as_deref() {
         Some("shared") | Some("rshared") => mflags::SHARED | mflags::REC,
         Some("private") | Some("rprivate") => mflags::PRIVATE | mflags::REC,
@@ -213,7 +212,7 @@ fn setup(
     sys_mount(None, Path::new("/"), None, propagation, None)
         .map_err(mount_err("propagation of /", Path::new("/")))?;
 
-    // Step 2. pivot_root refuses a new root, or a parent of it, with shared propagation
+    // Step 3. pivot_root refuses a new root, or a parent of it, with shared propagation
     // (rootfsPropagation "rshared", which CRI asks for with Bidirectional volumes): the mount
     // holding the rootfs is made private first, then the bind of it is private too.
     let holder = mount_point_of(root)?;
@@ -224,7 +223,7 @@ fn setup(
     sys_mount(Some(root), root, None, mflags::BIND | mflags::REC, None)
         .map_err(mount_err("rootfs onto itself", root))?;
 
-    // Step 3.
+    // Step 4.
     let root_fd: OwnedFd = fs::File::open(root)
         .map_err(InitError::io(format!("open rootfs {}", root.display())))?
         .into();
@@ -255,7 +254,7 @@ fn setup(
         crate::dev::populate(&root_fd, &plan.dev_nodes, in_user_ns)?;
     }
 
-    // Step 4.
+    // Step 5.
     // The old root is held by fd so that, after pivot_root stacks it on the new root, "." can
     // name it and nothing else: the path "." from the new root does not reliably reach the
     // mount stacked on it, and making the NEW root's tree rslave would cut its volumes from
@@ -288,13 +287,13 @@ fn setup(
             .map_err(mount_err("rootfsPropagation of /", Path::new("/")))?;
     }
 
-    // Sysctls, while /proc/sys is still writable (step 5 makes it read-only).
+    // Step 6. Sysctls, while /proc/sys is still writable (step 7 makes it read-only).
     for (key, value) in linux.sysctl().iter().flatten() {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
         fs::write(&path, value).map_err(InitError::io(format!("sysctl {key}={value}")))?;
     }
 
-    // Step 5.
+    // Step 7.
     for p in linux.masked_paths().iter().flatten() {
         mask_path(Path::new(p))?;
     }
@@ -305,7 +304,7 @@ fn setup(
         remount_readonly(Path::new("/"))?;
     }
 
-    // Step 6.
+    // Step 8.
     let new_uts = plan
         .namespaces
         .iter()
@@ -379,7 +378,7 @@ pub(crate) fn open_console(process: &Process, chan: &mut Channel) -> Result<(), 
     Ok(())
 }
 
-/// Steps 6 (rlimits) and 7, shared with exec'd processes: the process's limits, groups, ids,
+/// Step 9, shared with exec'd processes: the process's limits, seccomp, groups, ids,
 /// capabilities, no_new_privs, umask and cwd; returns what to exec.
 pub(crate) fn become_process(
     process: &Process,
@@ -401,7 +400,7 @@ pub(crate) fn become_process(
         other => other,
     };
 
-    // Step 7.
+    // Step 9, the credentials.
     let user = process.user();
     let gids: Vec<Gid> = user
         .additional_gids()

@@ -27,6 +27,8 @@
 //! step 3 are detached, the cgroup is removed. Nothing is left behind.
 
 use crate::cgroup::{Cgroup, Limits, CGROUP_ROOT};
+use crate::channel::Channel;
+use crate::container::Volumes;
 use crate::overlay::{mount_over_idmapped_layers, mount_overlay_of, OverlayParts};
 use crate::proto::{HelperReply, HelperRequest, Sync, CONTROL_FD};
 use crate::{error_chain, InitError};
@@ -50,81 +52,6 @@ use usernsrs_sys::DetachedMount;
 /// Where the idmapped layers of an overlay rootfs are staged, under the bundle, while the
 /// overlay is mounted (see [`crate::overlay`]).
 const IDMAPPED_LAYERS_DIR: &str = "idmapped-layers";
-
-/// One JSON message per line over a socket shared by the helper and its children.
-pub(crate) struct Channel(UnixStream);
-
-impl Channel {
-    pub(crate) fn send(&mut self, msg: &Sync) -> Result<(), InitError> {
-        let mut line = serde_json::to_vec(msg).map_err(InitError::json("encode sync message"))?;
-        line.push(b'\n');
-        self.0
-            .write_all(&line)
-            .map_err(InitError::io("write sync message"))
-    }
-
-    pub(crate) fn recv(&mut self) -> Result<Sync, InitError> {
-        // Byte by byte: messages are tiny and no buffered data may be left behind a fork.
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            let n = self
-                .0
-                .read(&mut byte)
-                .map_err(InitError::io("read sync message"))?;
-            if n == 0 {
-                return Err(InitError::Protocol("peer exited before answering".into()));
-            }
-            if byte[0] == b'\n' {
-                break;
-            }
-            line.push(byte[0]);
-        }
-        let msg: Sync =
-            serde_json::from_slice(&line).map_err(InitError::json("decode sync message"))?;
-        match msg {
-            Sync::Error(e) => Err(InitError::Child(e)),
-            other => Ok(other),
-        }
-    }
-
-    pub(crate) fn new(stream: UnixStream) -> Self {
-        Channel(stream)
-    }
-
-    pub(crate) fn try_clone(&self) -> Result<Self, InitError> {
-        Ok(Channel(
-            self.0
-                .try_clone()
-                .map_err(InitError::io("dup sync socket"))?,
-        ))
-    }
-
-    /// Sends `fd` along with one byte (SCM_RIGHTS).
-    pub(crate) fn send_fd(&self, fd: std::os::fd::RawFd) -> Result<(), InitError> {
-        crate::send_fd(&self.0, b"F", fd).map_err(InitError::io("send a file descriptor"))
-    }
-
-    /// Receives an fd sent with [`Channel::send_fd`].
-    pub(crate) fn recv_fd(&self) -> Result<OwnedFd, InitError> {
-        let (_, fd) = crate::recv_with_fd(&self.0, &mut [0u8; 1])
-            .map_err(InitError::io("receive a file descriptor"))?;
-        fd.ok_or_else(|| InitError::Protocol("expected a file descriptor".into()))
-    }
-
-    pub(crate) fn expect_msg(
-        &mut self,
-        what: &str,
-        pred: impl Fn(&Sync) -> bool,
-    ) -> Result<Sync, InitError> {
-        let msg = self.recv()?;
-        if pred(&msg) {
-            Ok(msg)
-        } else {
-            Err(InitError::Protocol(format!("expected {what}, got {msg:?}")))
-        }
-    }
-}
 
 /// Entry point of the helper subcommand. Never returns.
 pub fn helper_main() -> ! {
@@ -220,23 +147,6 @@ impl Undo {
     }
 }
 
-/// Waits for the container (or exec'd) process to be ready; takes the master of its pty if it
-/// sends one first.
-pub(crate) fn await_ready(chan: &mut Channel) -> Result<Option<OwnedFd>, InitError> {
-    let mut console = None;
-    loop {
-        match chan.recv()? {
-            Sync::Ready => return Ok(console),
-            Sync::Console => console = Some(chan.recv_fd()?),
-            other => {
-                return Err(InitError::Protocol(format!(
-                    "expected Ready, got {other:?}"
-                )))
-            }
-        }
-    }
-}
-
 fn create(plan: &ContainerPlan) -> Result<(i32, Option<OwnedFd>), InitError> {
     let mut undo = Undo::default();
     match create_steps(plan, &mut undo) {
@@ -259,14 +169,14 @@ fn create_steps(
     // the container process inherits the detached trees and attaches them.
     let volumes = prepare_volumes(plan)?;
     let (ours, theirs) = UnixStream::pair().map_err(InitError::io("socketpair"))?;
-    let mut chan = Channel(ours);
+    let mut chan = Channel::new(ours);
 
     // SAFETY: the helper is single-threaded (it is a fresh exec of the shim binary that starts
     // no threads), so the child may allocate and run ordinary code after fork.
     match unsafe { fork() }.map_err(InitError::sys("fork"))? {
         ForkResult::Child => {
             drop(chan);
-            stage_one(plan, &volumes, Channel(theirs))
+            stage_one(plan, &volumes, Channel::new(theirs))
         }
         ForkResult::Parent { child } => {
             drop(theirs);
@@ -343,7 +253,7 @@ fn create_steps(
     chan.send(&Sync::Proceed)?;
 
     // Step 6 happens in C2.
-    let console = await_ready(&mut chan)?;
+    let console = chan.await_ready()?;
     Ok((raw, console))
 }
 
@@ -376,8 +286,6 @@ fn open_bundle_to_container_root(bundle: &Path, c1: Pid) -> Result<(), InitError
 }
 
 /// Detached, idmapped trees for the spec's id-mapped mounts, by index in `spec.mounts`.
-pub(crate) type Volumes = Vec<(usize, DetachedMount)>;
-
 /// The `MOUNT_ATTR_*` bits for the flags of a mount's options.
 fn mount_attrs(flags: u64) -> u64 {
     use usernsrs_runtime_core::mount_options::flags as f;
@@ -559,11 +467,8 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
         // SAFETY: C1 is single-threaded (forked from the single-threaded helper).
         match unsafe { fork() }.map_err(InitError::sys("fork the container process"))? {
             ForkResult::Child => {
-                let own = chan
-                    .0
-                    .try_clone()
-                    .map_err(InitError::io("dup sync socket"))?;
-                crate::container::run(plan, volumes, cgroup_ns, Channel(own))
+                let own = chan.try_clone()?;
+                crate::container::run(plan, volumes, cgroup_ns, own)
             }
             ForkResult::Parent { child } => chan.send(&Sync::Pid(child.as_raw())),
         }

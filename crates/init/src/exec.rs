@@ -18,8 +18,8 @@
 //! A failure kills and reaps what was forked; nothing else was changed.
 
 use crate::cgroup::{Cgroup, CGROUP_ROOT};
+use crate::channel::Channel;
 use crate::container::{become_process, open_console, ready_then_exec};
-use crate::create::Channel;
 use crate::proto::{ExecPlan, Sync, CONTROL_FD};
 use crate::{error_chain, InitError};
 use nix::sched::{setns, CloneFlags};
@@ -100,7 +100,7 @@ pub(crate) fn exec(plan: &ExecPlan) -> Result<(i32, Option<OwnedFd>), InitError>
         }
         same_oom_score_as_init(plan.init_pid, raw)?;
         chan.send(&Sync::Proceed)?;
-        let console = crate::create::await_ready(&mut chan)?;
+        let console = chan.await_ready()?;
         Ok((raw, console))
     })();
     if result.is_err() {
@@ -157,7 +157,8 @@ fn stage_one(plan: &ExecPlan, namespaces: &[(CloneFlags, OwnedFd)], mut chan: Ch
         match unsafe { fork() }.map_err(InitError::sys("fork the exec'd process"))? {
             ForkResult::Child => {
                 let mut own = chan.try_clone()?;
-                let prepared = own_expect_proceed(&mut own)
+                let prepared = own
+                    .expect_proceed()
                     .and_then(|()| open_console(&plan.process, &mut own))
                     .and_then(|()| become_process(&plan.process, plan.seccomp.as_ref()));
                 ready_then_exec(own, prepared)
@@ -172,9 +173,4 @@ fn stage_one(plan: &ExecPlan, namespaces: &[(CloneFlags, OwnedFd)], mut chan: Ch
     }
     // SAFETY: as above.
     unsafe { libc::_exit(0) }
-}
-
-fn own_expect_proceed(chan: &mut Channel) -> Result<(), InitError> {
-    chan.expect_msg("Proceed", |m| matches!(m, Sync::Proceed))
-        .map(drop)
 }

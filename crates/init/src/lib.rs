@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 mod cgroupfs;
+mod channel;
 pub mod cleanup;
 mod container;
 pub mod create;
