@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use containerd_shim_protos::api::{
-    ExecProcessRequest, KillRequest, PidsRequest, StartRequest, StateRequest, Status as TaskStatus,
+    DeleteRequest, ExecProcessRequest, KillRequest, PidsRequest, StartRequest, StateRequest,
+    Status as TaskStatus,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim_sync::{Client, TaskClient};
@@ -134,14 +135,18 @@ fn remove_pid_namespace(spec: &mut Value) -> Result<()> {
     Ok(())
 }
 
-/// A ttrpc client of the shim serving container `id` (the address in its bundle).
-fn shim_client(bundle: &Path) -> Result<TaskClient> {
+/// A ttrpc connection to the shim serving the container of `bundle` (the address in it).
+fn shim_connection(bundle: &Path) -> Result<Client> {
     let file = bundle.join("address");
     let address =
         fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let client = Client::connect(address.trim())
-        .with_context(|| format!("cannot connect to the shim at {address}"))?;
-    Ok(TaskClient::new(client))
+    Client::connect(address.trim())
+        .with_context(|| format!("cannot connect to the shim at {address}"))
+}
+
+/// A task client of the shim serving the container of `bundle`.
+fn shim_client(bundle: &Path) -> Result<TaskClient> {
+    Ok(TaskClient::new(shim_connection(bundle)?))
 }
 
 /// What containerd sends with each call: a deadline and its namespace.
@@ -660,13 +665,28 @@ fn delete_does_not_stall_the_other_containers(flavor: Flavor) -> Result<()> {
         "{flavor}: the held process died while frozen"
     );
 
-    // Delete in the background; it cannot finish while the held process is frozen.
+    // Delete, as containerd sends it, from another thread; it cannot finish while the held
+    // process is frozen. Delete, State and Pids share one connection: the shim's replies come
+    // back on it in the order it sent them.
     let bundle = env.bundle(&slow);
-    let mut delete = env_ctr_child(&env, &["task", "delete", &slow])?;
+    let connection = shim_connection(&env.bundle(&other))?;
+    let deleter = TaskClient::new(connection.clone());
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let delete_id = slow.clone();
+    let delete = std::thread::spawn(move || {
+        let reply = deleter.delete(
+            rpc_context(NS),
+            &DeleteRequest {
+                id: delete_id,
+                ..Default::default()
+            },
+        );
+        let _ = done_tx.send(reply);
+    });
     wait_for("Delete to reach its cleanup (the rootfs unmounted)", || {
         Ok(mounts_under(&bundle)?.is_empty())
     })?;
-    let client = shim_client(&env.bundle(&other))?;
+    let client = TaskClient::new(connection);
     let state = client.state(
         rpc_context(NS),
         &StateRequest {
@@ -681,24 +701,29 @@ fn delete_does_not_stall_the_other_containers(flavor: Flavor) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let delete_done = delete.try_wait()?;
+    // A Delete answered before State and Pids reached this process first: its thread only has
+    // to wake up to hand it over, a second is plenty for that.
+    let early = done.recv_timeout(Duration::from_secs(1));
     hold.thaw()?;
     ensure!(
-        delete_done.is_none(),
-        "{flavor}: the Delete of {slow} answered ({delete_done:?}) before State and Pids of \
-         {other}, served by the same shim: the cleanup blocked every RPC"
+        early.is_err(),
+        "{flavor}: the Delete of {slow} answered ({early:?}) before State and Pids of {other}, \
+         served by the same shim: the cleanup blocked every RPC"
     );
     ensure!(
         state.status() == TaskStatus::RUNNING && pids.processes.len() == 1,
         "{flavor}: State/Pids of {other}: {state:?} {pids:?}"
     );
-    let out = delete.wait_with_output()?;
+    let reply = done
+        .recv_timeout(SETTLE)
+        .context("Delete did not answer once the held process could die")?;
+    let _ = delete.join();
     ensure!(
-        out.status.success(),
-        "{flavor}: ctr task delete {slow} once the held process could die: {}\n{}",
-        out.status,
-        text(&out.stderr)
+        reply.is_ok(),
+        "{flavor}: Delete of {slow} once the held process could die: {reply:?}"
     );
+    // containerd finds the task gone (NotFound) and lets its record go with the container.
+    let _ = env.ctr(&["task", "delete", &slow]);
     ensure!(
         !process_alive(held),
         "{flavor}: the held process outlived Delete"
@@ -711,20 +736,6 @@ fn delete_does_not_stall_the_other_containers(flavor: Flavor) -> Result<()> {
     env.ctr_ok(&["containers", "rm", &slow])?;
     env.kill_and_remove(&other)?;
     env.assert_no_shim("the pod")
-}
-
-/// `ctr -n NS ARGS` running in the background.
-fn env_ctr_child(env: &Env, args: &[&str]) -> Result<Child> {
-    Command::new(env.containerd.ctr_binary())
-        .arg("--address")
-        .arg(env.containerd.address())
-        .args(["-n", NS])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot spawn ctr")
 }
 
 #[test]
