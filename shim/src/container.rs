@@ -5,7 +5,11 @@
 //! - every exec'd process's TaskExit is queued before the init's: when the init exits, the
 //!   processes still running in the container are killed (a pid namespace does that by itself;
 //!   without one the shim does it) and their exits published first;
-//! - Delete undoes every host-side change: processes, mounts under the bundle, the cgroup.
+//! - Delete undoes every host-side change: processes, mounts under the bundle, the cgroup;
+//!   the blocking part (kills and waits, unmounts, removals) runs off the runtime thread, which
+//!   serves every other container of the shim meanwhile, and Delete answers once it is done;
+//! - a cgroup that existed before the container is joined only if empty and not frozen (as
+//!   runc has it), and is someone else's: never emptied or removed by this container.
 
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
@@ -18,12 +22,11 @@ use containerd_shim::protos::topics::{
     TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC,
     TASK_RESUMED_EVENT_TOPIC,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use usernsrs_init::cgroup::{Cgroup, Limits, CGROUP_ROOT};
+use usernsrs_init::cgroup::{Cgroup, Limits, CGROUP_ROOT, KILL_WAIT};
 use usernsrs_init::proto::{ExecPlan, HelperRequest};
 use usernsrs_runtime_core::{ContainerPlan, RootfsSource, UserMapping};
 
@@ -36,6 +39,19 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Writes [`INIT_STATE_FILE`]: the init's pid (0 before it exists) and start time, and whether
+/// the container made its cgroup.
+fn record_init_state(bundle: &Path, id: &str, pid: i32, owns_cgroup: bool) {
+    let state = serde_json::json!({
+        "pid": pid,
+        "start_time": if pid > 0 { proc_start_time(pid) } else { None },
+        "owns_cgroup": owns_cgroup,
+    });
+    if let Err(e) = std::fs::write(bundle.join(INIT_STATE_FILE), state.to_string()) {
+        log::warn!("record init state of {id}: {e}");
+    }
 }
 
 /// The host uid and gid of a process's user, in a container with a known mapping.
@@ -112,16 +128,31 @@ impl Container {
                 .as_ref()
                 .and_then(|p| host_ids(mapping.as_ref(), p.user()))
         });
-        // A cgroup that exists before the container is someone else's: never emptied or
-        // removed by this container's Delete.
+        // A cgroup that exists before the container is someone else's: joined only if empty
+        // and not frozen, never emptied or removed by this container's Delete.
         let cgroup = match &cgroups_path {
-            Some(p) => Some(
-                Cgroup::new(Path::new(CGROUP_ROOT), p)
-                    .map_err(ShimError::internal(format!("cgroup {p}")))?,
-            ),
+            Some(p) => Some(Cgroup::new(Path::new(CGROUP_ROOT), p).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    ShimError::InvalidArgument(format!("container {id}: {e}"))
+                } else {
+                    ShimError::internal(format!("container {id}: cgroup {p}"))(e)
+                }
+            })?),
             None => None,
         };
         let owned_cgroup = cgroup.clone().filter(|cg| !cg.exists());
+        // Whose the cgroup is, on record before anything can fail: the `delete` subcommand,
+        // which containerd runs after a failed create too, must not empty or remove a cgroup
+        // that was there before (no pid yet: it kills no process either).
+        record_init_state(&bundle, &id, 0, owned_cgroup.is_some());
+        if let (Some(cg), Some(p)) = (&cgroup, &cgroups_path) {
+            cg.check_joinable().map_err(|e| {
+                ShimError::FailedPrecondition(format!(
+                    "container {id}: linux.cgroupsPath {p:?}: {}",
+                    usernsrs_init::error_chain(&e)
+                ))
+            })?;
+        }
         let request = HelperRequest::Create(Box::new(plan));
         let launch = Launch {
             namespace: events.namespace(),
@@ -131,6 +162,7 @@ impl Container {
             io_owner,
             terminal,
             helper,
+            init_pidfd: None,
         };
         let (init, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
 
@@ -139,14 +171,7 @@ impl Container {
                 log::warn!("container {id}: no OOM events: {e}");
             }
         }
-        let state_json = serde_json::json!({
-            "pid": init.pid,
-            "start_time": proc_start_time(init.pid),
-            "owns_cgroup": owned_cgroup.is_some(),
-        });
-        if let Err(e) = std::fs::write(bundle.join(INIT_STATE_FILE), state_json.to_string()) {
-            log::warn!("record init state of {id}: {e}");
-        }
+        record_init_state(&bundle, &id, init.pid, owned_cgroup.is_some());
         let execs: Execs = Arc::default();
         // Before the init's TaskExit: without a pid namespace of its own, what is left of the
         // container is killed (a pid namespace does that itself), then the exec'd processes'
@@ -156,9 +181,11 @@ impl Container {
             let cgroup = owned_cgroup.clone();
             async move {
                 if !own_pid_ns {
-                    if let Some(cg) = &cgroup {
-                        for pid in cg.pids().unwrap_or_default() {
-                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    if let Some(cg) = cgroup {
+                        let killed =
+                            tokio::task::spawn_blocking(move || cg.kill_all(Signal::SIGKILL)).await;
+                        if let Ok(Err(e)) = killed {
+                            log::warn!("kill what is left in the cgroup: {e}");
                         }
                     }
                 }
@@ -247,7 +274,7 @@ impl Container {
         stdio: StdioPaths,
         events: &EventQueue,
     ) -> Result<()> {
-        if self.init.exit().is_some() || self.init.status() != Status::Running {
+        if self.init.has_exited() || self.init.status() != Status::Running {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {} is not running: cannot exec {exec_id}",
                 self.id
@@ -327,12 +354,18 @@ impl Container {
             }
             (e.spec.clone(), e.stdio.clone())
         };
-        if self.init.exit().is_some() {
+        if self.init.has_exited() {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {} has exited: cannot start exec {exec_id}",
                 self.id
             )));
         }
+        let Some(init_pidfd) = self.init.pidfd() else {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} has exited: cannot start exec {exec_id}",
+                self.id
+            )));
+        };
         self.refuse_exec_if_paused(exec_id)?;
         let request = HelperRequest::Exec(Box::new(ExecPlan {
             container_id: self.id.clone(),
@@ -357,6 +390,7 @@ impl Container {
             io_owner,
             terminal,
             helper,
+            init_pidfd: Some(init_pidfd),
         };
         let (process, exit_rx) = Process::create(&request, launch, stdio, reaper).await?;
         process.publish_exit(exit_rx, events.clone(), async {});
@@ -468,21 +502,26 @@ impl Container {
         }
     }
 
-    pub fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    /// Kill: the process through its pidfd; with `all`, then every process of the cgroup
+    /// ([`Cgroup::kill_all`]: none escapes by forking), off the runtime thread since the
+    /// freezer's way waits for the freezer.
+    pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let sig = Signal::try_from(signal as i32)
             .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
         let process = self.process(exec_id)?;
+        process.signal(sig)?;
         if all && exec_id.is_empty() {
-            process.signal(sig)?;
-            for pid in self.pids() {
-                match kill(Pid::from_raw(pid), sig) {
-                    Ok(()) | Err(nix::Error::ESRCH) => {}
-                    Err(e) => return Err(ShimError::internal(format!("kill {pid} with {sig}"))(e)),
-                }
+            if let Some(cg) = self.cgroup.clone() {
+                tokio::task::spawn_blocking(move || cg.kill_all(sig))
+                    .await
+                    .map_err(ShimError::internal("kill all"))?
+                    .map_err(ShimError::internal(format!(
+                        "kill every process of {} with {sig}",
+                        self.id
+                    )))?;
             }
-            return Ok(());
         }
-        process.signal(sig)
+        Ok(())
     }
 
     /// Delete of an exec'd process: it must have exited (a created one is just forgotten).
@@ -519,21 +558,29 @@ impl Container {
                 )))
             }
             Status::Created if self.init.exit().is_none() => {
-                let _ = kill(Pid::from_raw(self.init.pid), Signal::SIGKILL);
+                let _ = self.init.signal(Signal::SIGKILL);
             }
             _ => {}
         }
         let exit = self.init.wait().await;
-        cleanup_host(
-            &self.bundle,
+        // Off the runtime thread: the waits for the cgroup to empty and the unmounts must not
+        // stall the RPCs and events of the shim's other containers. Delete answers after.
+        let (bundle, unmount, cgroup) = (
+            self.bundle.clone(),
             self.rootfs_mounted,
-            self.owned_cgroup.as_ref(),
-        )
-        .map_err(|e| ShimError::Internal {
-            context: format!("clean up {}", self.id),
-            err: e,
-        })?;
-        let _ = std::fs::remove_file(self.bundle.join(INIT_STATE_FILE));
+            self.owned_cgroup.clone(),
+        );
+        tokio::task::spawn_blocking(move || cleanup_host(&bundle, unmount, cgroup.as_ref()))
+            .await
+            .map_err(ShimError::internal(format!("clean up {}", self.id)))?
+            .map_err(|e| ShimError::Internal {
+                context: format!("clean up {}", self.id),
+                err: e,
+            })?;
+        // Nothing is left to clean: containerd 2.x runs the `delete` subcommand after every
+        // Delete (it treats the server's exit after Shutdown as a dead shim), which must then
+        // neither kill by pid nor empty the cgroup, whoever's it is by now.
+        record_init_state(&self.bundle, &self.id, 0, false);
         events.send(
             TASK_DELETE_EVENT_TOPIC,
             TaskDelete {
@@ -550,11 +597,13 @@ impl Container {
 }
 
 /// Removes what a container left on the host: its remaining processes (by cgroup), the mounts
-/// under its bundle, its cgroup. Shared by Delete and the `delete` subcommand.
+/// under its bundle, its cgroup. Shared by Delete and the `delete` subcommand. Blocks: up to
+/// [`KILL_WAIT`] for the killed processes to go, before the cgroup is removed.
 pub fn cleanup_host(bundle: &Path, unmount: bool, cgroup: Option<&Cgroup>) -> anyhow::Result<()> {
+    // Killed first, so that they exit while the mounts are detached.
     if let Some(cg) = cgroup {
-        for pid in cg.pids().unwrap_or_default() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Err(e) = cg.kill_all(Signal::SIGKILL) {
+            log::warn!("kill what is left in the cgroup: {e}");
         }
     }
     if unmount {
@@ -570,6 +619,7 @@ pub fn cleanup_host(bundle: &Path, unmount: bool, cgroup: Option<&Cgroup>) -> an
         }
     }
     if let Some(cg) = cgroup {
+        cg.kill_and_wait(KILL_WAIT)?;
         cg.remove()?;
     }
     Ok(())

@@ -23,11 +23,12 @@ use usernsrs_sys::{SealKind, SealedExe};
 pub const SEAL_ENV: &str = "USERNSRS_EXE_SEAL";
 
 /// The sealed fd's lowest number: a helper gets its stdio and the fds of
-/// `usernsrs_init::proto` (3 to 5) placed below it before exec.
+/// `usernsrs_init::proto` (3 to 6) placed below it before exec.
 const MIN_FD: i32 = 10;
 const _: () = assert!(MIN_FD > usernsrs_init::proto::EXEC_STATUS_FD);
 const _: () = assert!(MIN_FD > usernsrs_init::proto::CONTROL_FD);
 const _: () = assert!(MIN_FD > usernsrs_init::proto::START_FD);
+const _: () = assert!(MIN_FD > usernsrs_init::proto::INIT_PIDFD_FD);
 
 /// The sealed binary of this server, made once, on first use.
 #[derive(Default)]

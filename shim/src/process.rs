@@ -7,7 +7,10 @@
 //! - its TaskExit is queued only after Start queued TaskStart/TaskExecStarted (the `lifecycle`
 //!   lock orders them), after the caller's gate (the init kills what is left of a container
 //!   without its own pid namespace, then waits for its exec'd processes), and after its output
-//!   was drained, under one deadline for stdout and stderr together.
+//!   was drained, under one deadline for stdout and stderr together;
+//! - it is addressed through its pidfd, opened before the shim could reap it (see
+//!   [`crate::reaper`]), never through its pid: between the reap and the published exit, and
+//!   after, the pid may be another process's. A signal to a reaped process reaches nobody.
 
 use crate::errors::{Result, ShimError};
 use crate::events::EventQueue;
@@ -19,8 +22,7 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics::{
     TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::fs::File;
 use std::future::Future;
 use std::io::Read;
@@ -32,8 +34,9 @@ use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
 use usernsrs_init::proto::{
-    HelperReply, HelperRequest, CONTROL_FD, EXEC_STATUS_FD, HELPER_ARG, START_FD,
+    HelperReply, HelperRequest, CONTROL_FD, EXEC_STATUS_FD, HELPER_ARG, INIT_PIDFD_FD, START_FD,
 };
+use usernsrs_sys::PidFd;
 
 /// How long the exit of a process waits for its output to be copied.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -71,6 +74,9 @@ pub struct Process {
     /// The exec id, or empty for the init.
     pub exec_id: String,
     pub pid: i32,
+    /// The process itself, for signals and for the namespaces an exec joins; `None` when it
+    /// had been reaped before the shim learnt its pid.
+    pidfd: Option<PidFd>,
     pub stdio: StdioPaths,
     /// The master of its pty, for ResizePty.
     console: Option<OwnedFd>,
@@ -81,14 +87,15 @@ pub struct Process {
     lifecycle: tokio::sync::Mutex<()>,
 }
 
-/// Runs the helper on `request` in `cwd` with the given stdio; returns the new process's pid
-/// and the shim's ends of the start and exec status pipes.
+/// Runs the helper on `request` in `cwd` with the given stdio (and, for an exec, the init's
+/// pidfd); returns the new process's pid and the shim's ends of the start and exec status pipes.
 async fn run_helper(
     request: &HelperRequest,
     what: &str,
     cwd: &Path,
     stdio: [OwnedFd; 3],
     helper: &HelperExe,
+    init_pidfd: Option<&PidFd>,
 ) -> Result<Created> {
     // The sealed view of this server's own binary (CVE-2019-5736): the helper's stages, the
     // container's init up to its exec among them, run from a file no container can write,
@@ -110,11 +117,17 @@ async fn run_helper(
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    let passed = [
+    let mut passed = vec![
         (OwnedFd::from(helper_control), CONTROL_FD),
         (start_r, START_FD),
         (status_w, EXEC_STATUS_FD),
     ];
+    if let Some(fd) = init_pidfd {
+        let fd = fd
+            .try_clone()
+            .map_err(ShimError::internal("dup the init's pidfd"))?;
+        passed.push((fd.into(), INIT_PIDFD_FD));
+    }
     let raw: Vec<(i32, i32)> = passed
         .iter()
         .map(|(fd, to)| (fd.as_raw_fd(), *to))
@@ -126,7 +139,7 @@ async fn run_helper(
     unsafe {
         cmd.pre_exec(move || {
             // First move every source above the targets so that no dup2 clobbers a source.
-            let mut high = [(0i32, 0i32); 3];
+            let mut high = [(0i32, 0i32); 4];
             for (i, (src, to)) in raw.iter().enumerate() {
                 let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 10);
                 if fd < 0 {
@@ -134,7 +147,7 @@ async fn run_helper(
                 }
                 high[i] = (fd, *to);
             }
-            for (fd, to) in high {
+            for &(fd, to) in &high[..raw.len()] {
                 if libc::dup2(fd, to) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -240,6 +253,8 @@ pub struct Launch<'a> {
     pub terminal: bool,
     /// The binary the helper is exec'd from.
     pub helper: &'a HelperExe,
+    /// Exec: the container's init, whose namespaces the helper joins through this pidfd.
+    pub init_pidfd: Option<&'a PidFd>,
 }
 
 impl Process {
@@ -259,6 +274,7 @@ impl Process {
             io_owner,
             terminal,
             helper,
+            init_pidfd,
         } = launch;
         let what = if exec_id.is_empty() {
             format!("create {container_id}")
@@ -281,7 +297,7 @@ impl Process {
             start: start_w,
             exec_status: status_r,
             console,
-        } = run_helper(request, &what, cwd, child_fds, helper).await?;
+        } = run_helper(request, &what, cwd, child_fds, helper, init_pidfd).await?;
         let console = match console {
             Some(master) => {
                 let copy = master
@@ -293,12 +309,19 @@ impl Process {
             }
             None => None,
         };
-        let exit_rx = reaper.watch(pid, since);
+        // No await between the helper's reply and here is needed for correctness: the pidfd is
+        // opened under the reaper's lock, which tells whether the pid was reaped meanwhile.
+        let (exit_rx, pidfd) = reaper
+            .watch(pid, since)
+            .map_err(ShimError::internal(format!(
+                "{what}: pidfd of process {pid}"
+            )))?;
         let (exit_tx, exit) = watch::channel(None);
         let process = Arc::new(Process {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
             pid,
+            pidfd,
             stdio,
             state: Mutex::new(State {
                 status: Status::Created,
@@ -433,20 +456,45 @@ impl Process {
         Ok(())
     }
 
+    /// Kill: through the pidfd, so a process that was reaped (its exit maybe not published
+    /// yet) gets nothing and neither does whoever holds its pid now. A finished process is
+    /// NotFound "already finished", as containerd's runc shim answers.
     pub fn signal(&self, signal: Signal) -> Result<()> {
-        if self.exit().is_some() {
-            return Err(ShimError::NotFound(format!(
+        let finished = || {
+            ShimError::NotFound(format!(
                 "process {} of {} already finished",
                 self.pid, self.container_id
-            )));
+            ))
+        };
+        if self.exit().is_some() {
+            return Err(finished());
         }
-        match kill(Pid::from_raw(self.pid), signal) {
-            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        let Some(pidfd) = &self.pidfd else {
+            return Err(finished());
+        };
+        match pidfd.send_signal(signal as i32) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(finished()),
             Err(e) => Err(ShimError::internal(format!(
                 "kill {} with {signal}",
                 self.pid
             ))(e)),
         }
+    }
+
+    /// Whether the process has exited, even if the exit is not published yet (its output
+    /// still draining): a zombie or reaped.
+    pub fn has_exited(&self) -> bool {
+        self.exit().is_some()
+            || self
+                .pidfd
+                .as_ref()
+                .is_none_or(|fd| fd.is_exited().unwrap_or(false))
+    }
+
+    /// The pidfd, for an exec into this process's namespaces.
+    pub fn pidfd(&self) -> Option<&PidFd> {
+        self.pidfd.as_ref()
     }
 
     pub async fn wait(&self) -> Exit {

@@ -7,12 +7,20 @@
 //! anybody watches that pid. Exits nobody watches are kept, stamped with a sequence number; a
 //! watcher passes the sequence number taken before it started the process, so an old exit of a
 //! recycled pid is never mistaken for the new process's.
+//!
+//! Invariant: a reap and its record are one step under the lock. So, under the lock, a pid
+//! whose exit is not recorded since the watcher's mark is still the process's (the shim is its
+//! only reaper: its first parent exits without waiting, the helper waits only for its own
+//! stage-one child), and [`Reaper::watch`] opens its pidfd there: every later signal or
+//! `setns` goes through that fd, never through a pid that may be someone else's once reaped.
 
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
+use usernsrs_sys::PidFd;
 
 /// How many unwatched exits are kept (orphans of containers without a pid namespace).
 const KEEP_UNWATCHED: usize = 1024;
@@ -61,19 +69,25 @@ impl Reaper {
 
     fn reap_all(&self) {
         loop {
+            // The lock is held from the reap to its record (the invariant above).
+            let mut inner = self.lock();
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(status) => {
                     if let (Some(pid), Some(code)) = (status.pid(), exit_code(status)) {
-                        self.record(pid.as_raw(), code);
+                        Self::record_locked(&mut inner, pid.as_raw(), code);
                     }
                 }
             }
         }
     }
 
+    #[cfg(test)]
     fn record(&self, pid: i32, code: i32) {
-        let mut inner = self.lock();
+        Self::record_locked(&mut self.lock(), pid, code);
+    }
+
+    fn record_locked(inner: &mut Inner, pid: i32, code: i32) {
         inner.seq += 1;
         if let Some(tx) = inner.watchers.remove(&pid) {
             let _ = tx.send(code);
@@ -98,19 +112,42 @@ impl Reaper {
         self.lock().seq
     }
 
-    /// Resolves with the exit code of `pid`, a process started after `since` was taken.
-    pub fn watch(&self, pid: i32, since: u64) -> oneshot::Receiver<i32> {
+    /// Resolves with the exit code of `pid`, a process started after `since` was taken, and
+    /// returns its pidfd, opened under the lock while the process is known not to be reaped;
+    /// `None` when it was reaped already (it is gone: nothing may be sent to its pid).
+    /// If the pidfd cannot be opened the process is killed (its pid is still its own here) and
+    /// the error returned: a process the shim cannot address safely must not run.
+    pub fn watch(
+        &self,
+        pid: i32,
+        since: u64,
+    ) -> std::io::Result<(oneshot::Receiver<i32>, Option<PidFd>)> {
+        self.watch_with(pid, since, PidFd::open)
+    }
+
+    fn watch_with(
+        &self,
+        pid: i32,
+        since: u64,
+        open: impl FnOnce(i32) -> std::io::Result<PidFd>,
+    ) -> std::io::Result<(oneshot::Receiver<i32>, Option<PidFd>)> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
-        match inner.unwatched.remove(&pid) {
-            Some((seq, code)) if seq > since => {
+        if let Some((seq, code)) = inner.unwatched.remove(&pid) {
+            if seq > since {
                 let _ = tx.send(code);
-            }
-            _ => {
-                inner.watchers.insert(pid, tx);
+                return Ok((rx, None));
             }
         }
-        rx
+        let pidfd = match open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return Err(e);
+            }
+        };
+        inner.watchers.insert(pid, tx);
+        Ok((rx, Some(pidfd)))
     }
 }
 
@@ -118,21 +155,43 @@ impl Reaper {
 mod tests {
     use super::*;
 
+    /// A pidfd of a live process of our own, standing in for the container's: `watch` opens
+    /// one for a process not reaped yet.
+    fn pidfd_of_self(_pid: i32) -> std::io::Result<PidFd> {
+        PidFd::open(std::process::id() as i32)
+    }
+
     #[test]
     fn exit_before_watch_is_delivered_but_stale_exit_is_not() {
         let r = Reaper::default();
         r.record(42, 1); // an old process that had pid 42
         let since = r.mark();
         r.record(42, 7); // the new one, reaped before anyone watched
-        let mut rx = r.watch(42, since);
+        let (mut rx, pidfd) = r.watch_with(42, since, pidfd_of_self).expect("watch");
         assert_eq!(rx.try_recv().expect("delivered"), 7);
+        assert!(pidfd.is_none(), "a reaped process gets no pidfd");
 
         r.record(43, 3);
         let since = r.mark();
-        let mut rx = r.watch(43, since);
+        let (mut rx, pidfd) = r.watch_with(43, since, pidfd_of_self).expect("watch");
         assert!(rx.try_recv().is_err(), "stale exit must not be delivered");
+        assert!(pidfd.is_some(), "a process not reaped yet gets its pidfd");
         r.record(43, 9);
         assert_eq!(rx.try_recv().expect("delivered"), 9);
+    }
+
+    #[test]
+    fn a_pidfd_that_cannot_be_opened_fails_the_watch() {
+        let r = Reaper::default();
+        let since = r.mark();
+        // No process has this pid (above the largest pid_max), so the kill is a no-op.
+        let err = r
+            .watch_with(1 << 23, since, |_| {
+                Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+            })
+            .expect_err("no pidfd");
+        assert_eq!(err.raw_os_error(), Some(libc::EMFILE));
+        assert!(r.lock().watchers.is_empty(), "nobody waits for it");
     }
 
     #[test]

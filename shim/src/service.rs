@@ -401,7 +401,9 @@ impl Task for Service {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> RpcResult<Empty> {
-        self.get(&req.id)?.kill(&req.exec_id, req.signal, req.all)?;
+        self.get(&req.id)?
+            .kill(&req.exec_id, req.signal, req.all)
+            .await?;
         Ok(Empty::new())
     }
 

@@ -5,11 +5,22 @@
 //! the v2 tree mounted at `<root>/unified` (hybrid, as on this project's machines). In hybrid mode
 //! the container joins the unified tree (which tracks its processes) and every v1 hierarchy.
 //! `linux.cgroupsPath` is either a path (`/default/id`) or systemd's `slice:prefix:name`, which is
-//! expanded the way systemd lays it out. The root is injectable so tests run on a tempdir.
+//! expanded the way systemd lays it out; it never names the root cgroup. The root is injectable
+//! so tests run on a tempdir.
+//!
+//! The container's processes are those of its directory and every directory below it (a
+//! container may make sub-cgroups). Killing them all ([`Cgroup::kill_all`]) leaves none a
+//! chance to escape by forking: `cgroup.kill` where the kernel has it, otherwise the freezer
+//! holds them still while each is signalled through a pidfd, never through a pid that may have
+//! changed hands since it was listed.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use usernsrs_sys::PidFd;
 
 use crate::devices::DeviceRule;
 
@@ -97,6 +108,16 @@ pub enum CgroupError {
         #[source]
         err: io::Error,
     },
+    /// A cgroup that exists with processes in it is theirs: the container's Kill(all), Pause
+    /// and limits would reach them (runc refuses it likewise).
+    #[error(
+        "the cgroup {} already exists and is not empty: {count} process(es) found; a \
+         container's cgroup must be new or empty",
+        path.display()
+    )]
+    InUse { path: PathBuf, count: usize },
+    #[error("the cgroup {} already exists and is frozen", path.display())]
+    Frozen { path: PathBuf },
 }
 
 fn enable_hint(err: &io::Error) -> &'static str {
@@ -288,8 +309,14 @@ pub fn relative_path(cgroups_path: &str) -> PathBuf {
     PathBuf::from(cgroups_path.trim_start_matches('/'))
 }
 
+/// How long [`Cgroup::kill_and_wait`] waits for killed processes to go: as long as runc's
+/// `delete --force` waits for a killed init.
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
+
 impl Cgroup {
-    /// Lays out the directories for `cgroups_path` under `root`.
+    /// Lays out the directories for `cgroups_path` under `root`. A path with `.` or `..`
+    /// components, or one naming the root cgroup (`/`, empty), is refused: the root holds
+    /// every process of the host, which the container's Kill(all), Pause and Delete would reach.
     pub fn new(root: &Path, cgroups_path: &str) -> io::Result<Self> {
         let rel = relative_path(cgroups_path);
         if rel
@@ -298,7 +325,16 @@ impl Cgroup {
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("linux.cgroupsPath {cgroups_path:?} must not contain '..'"),
+                format!("linux.cgroupsPath {cgroups_path:?} must not contain '.' or '..'"),
+            ));
+        }
+        if rel.components().next().is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "linux.cgroupsPath {cgroups_path:?} is the root cgroup: a container needs a \
+                     cgroup of its own below it"
+                ),
             ));
         }
         if root.join("cgroup.controllers").exists() {
@@ -1119,35 +1155,268 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The processes in the cgroup, from the unified tree, or the first v1 hierarchy.
-    pub fn pids(&self) -> io::Result<Vec<i32>> {
-        let Some(dir) = self.unified.as_ref().or(self.v1.first()) else {
+    /// The directory whose `cgroup.procs` lists the container's processes: the unified tree
+    /// (which a hybrid host's processes join too), or the first v1 hierarchy.
+    fn tracking_dir(&self) -> Option<&PathBuf> {
+        self.unified.as_ref().or(self.v1.first())
+    }
+
+    /// The processes in the cgroup and its sub-cgroups, from the unified tree, or the first
+    /// v1 hierarchy, as pids of the caller's pid namespace (0 for a process outside it:
+    /// cgroup v2 lists those as 0, which must never reach kill(2), where it means "my group").
+    fn listed(&self) -> io::Result<Vec<i32>> {
+        let Some(dir) = self.tracking_dir() else {
             return Ok(Vec::new());
         };
-        match fs::read_to_string(dir.join("cgroup.procs")) {
-            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
+        let mut pids = Vec::new();
+        for d in std::iter::once(dir.clone()).chain(sub_cgroups(dir)?) {
+            match fs::read_to_string(d.join("cgroup.procs")) {
+                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+                // A sub-cgroup removed while we read: nothing of it left to list.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pids)
+    }
+
+    /// The processes in the cgroup and its sub-cgroups that the caller can see (see
+    /// [`Cgroup::listed`]).
+    pub fn pids(&self) -> io::Result<Vec<i32>> {
+        let mut pids = self.listed()?;
+        pids.retain(|p| *p > 0);
+        Ok(pids)
+    }
+
+    /// Whether `pid` is in the cgroup or one below it now, by `/proc/<pid>/cgroup` (the shim
+    /// runs in the host's cgroup namespace, where the paths there are the hierarchy's).
+    fn has_member(&self, pid: i32) -> bool {
+        let Some(dir) = self.tracking_dir() else {
+            return false;
+        };
+        // v1 lines name their hierarchy: "4:memory:/path", "9:name=systemd:/path".
+        let hierarchy = dir
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(|d| d.components().next())
+            .and_then(|c| c.as_os_str().to_str())
+            .filter(|_| self.unified.is_none())
+            .map(str::to_owned);
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        let ours = Path::new("/").join(&self.rel);
+        text.lines().any(|line| {
+            let mut f = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+                return false;
+            };
+            let right_hierarchy = match &hierarchy {
+                None => controllers.is_empty(),
+                Some(h) => controllers
+                    .split(',')
+                    .any(|c| c == h || c.strip_prefix("name=") == Some(h)),
+            };
+            right_hierarchy && Path::new(path).starts_with(&ours)
+        })
+    }
+
+    /// Sends `signal` to every process of the cgroup and its sub-cgroups, none escaping by
+    /// forking meanwhile (runc's way, with pidfds):
+    /// 1. SIGKILL with `cgroup.kill` (cgroup v2, a hybrid host's unified tree; Linux 5.14+):
+    ///    the kernel kills the subtree at once, processes being forked included; a v1 freezer
+    ///    is thawed after, since a task frozen there acts on SIGKILL only once thawed;
+    /// 2. otherwise the cgroup is frozen (nothing forks or runs while frozen), each listed
+    ///    process is signalled through a pidfd opened after the listing and only if it is
+    ///    still a member then (its pid may have been reaped and reused in between), and the
+    ///    freezer is put back: thawed after SIGKILL, else as it was (a paused container stays
+    ///    paused, its signals pending).
+    ///
+    /// A cgroup that does not exist has nothing to signal.
+    pub fn kill_all(&self, signal: Signal) -> io::Result<()> {
+        let Some(dir) = self.tracking_dir() else {
+            return Ok(());
+        };
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        let has_v1_freezer = self.v1_dir("freezer").is_some();
+        if signal == Signal::SIGKILL {
+            if let Some(unified) = &self.unified {
+                match fs::write(unified.join("cgroup.kill"), "1") {
+                    Ok(()) => {
+                        if has_v1_freezer && self.is_frozen() {
+                            self.freeze(false)?;
+                        }
+                        return Ok(());
+                    }
+                    // Before Linux 5.14 there is no cgroup.kill: the freezer's way below.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && unified.is_dir() => {}
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("write 1 to {}/cgroup.kill: {e}", unified.display()),
+                        ))
+                    }
+                }
+            }
+        }
+        let was_frozen = self.is_frozen();
+        // Without a freezer (or one that did not settle, a task in uninterruptible sleep) the
+        // processes are still signalled, each checked through its pidfd.
+        let froze = match self.freeze(true) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("signal {}: freeze: {e}", dir.display());
+                e.kind() == io::ErrorKind::TimedOut
+            }
+        };
+        let sent = self.signal_members(signal);
+        if froze && (signal == Signal::SIGKILL || !was_frozen) {
+            self.freeze(false)?;
+        }
+        sent
+    }
+
+    fn signal_members(&self, signal: Signal) -> io::Result<()> {
+        for pid in self.pids()? {
+            let pidfd = match PidFd::open(pid) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("pidfd of {pid}: {e}"))),
+            };
+            // The pidfd is of whoever has the pid now: signal it only if that is a member.
+            if !self.has_member(pid) {
+                continue;
+            }
+            match pidfd.send_signal(signal as i32) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("signal {pid} with {signal}: {e}"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills every process of the cgroup and waits up to `limit` for them to be gone,
+    /// killing again meanwhile (a process may be caught in the middle of a fork by the
+    /// freezer's way). Err: some are still there.
+    pub fn kill_and_wait(&self, limit: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut round = 0u32;
+        loop {
+            if round % 10 == 0 {
+                self.kill_all(Signal::SIGKILL)?;
+            }
+            let left = self.pids()?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let dir = self.tracking_dir().cloned().unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} process(es) still in {} {limit:?} after SIGKILL: {left:?}",
+                        left.len(),
+                        dir.display()
+                    ),
+                ));
+            }
+            round += 1;
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    /// Removes the leaf directories (not the parents, which other containers may share).
-    /// A group still busy with exiting tasks is retried for a short while.
+    /// Refuses a cgroup that exists with processes in it, or frozen, as runc does at create:
+    /// those processes are someone else's. An empty one is joined (and stays its owner's:
+    /// never removed by the container).
+    pub fn check_joinable(&self) -> Result<(), CgroupError> {
+        let Some(dir) = self.tracking_dir() else {
+            return Ok(());
+        };
+        if !self.exists() {
+            return Ok(());
+        }
+        // Processes outside our pid namespace count too.
+        let pids = self
+            .listed()
+            .map_err(io_err("list the processes of", dir))?;
+        if !pids.is_empty() {
+            return Err(CgroupError::InUse {
+                path: dir.clone(),
+                count: pids.len(),
+            });
+        }
+        if self.is_frozen() {
+            return Err(CgroupError::Frozen { path: dir.clone() });
+        }
+        Ok(())
+    }
+
+    /// Removes the directories, sub-cgroups first (not the parents, which other containers
+    /// may share). A group still busy with exiting tasks is retried for a short while.
     pub fn remove(&self) -> io::Result<()> {
         let mut last = Ok(());
-        for dir in self.all() {
-            for attempt in 0..50 {
-                match fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if attempt == 49 => {
-                        last = Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
+        for leaf in self.all() {
+            let below = match sub_cgroups(leaf) {
+                Ok(dirs) => dirs,
+                Err(e) => {
+                    last = Err(e);
+                    Vec::new()
+                }
+            };
+            for dir in below.iter().rev().chain(std::iter::once(leaf)) {
+                for attempt in 0..50 {
+                    match fs::remove_dir(dir) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                        Err(e) if attempt == 49 => {
+                            last = Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 }
             }
         }
         last
+    }
+}
+
+/// The cgroups below `dir`, parents before their children; none if `dir` is gone.
+fn sub_cgroups(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut current = dir.to_path_buf();
+    let mut next = 0;
+    loop {
+        match fs::read_dir(&current) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry?;
+                    if entry.file_type()?.is_dir() {
+                        found.push(entry.path());
+                    }
+                }
+            }
+            // Removed meanwhile: nothing below it either.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", current.display()),
+                ))
+            }
+        }
+        let Some(d) = found.get(next) else {
+            return Ok(found);
+        };
+        current = d.clone();
+        next += 1;
     }
 }
 
@@ -1289,6 +1558,69 @@ mod tests {
         let root = tempfile_dir();
         let err = Cgroup::new(&root, "/a/../../etc").expect_err("dotdot");
         assert!(err.to_string().contains("must not contain"), "{err}");
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn refuses_the_root_cgroup_naming_the_field() {
+        let root = tempfile_dir();
+        for path in ["/", "", "//", "/..", ".", "./", "/a/..", "a/../.."] {
+            let err = Cgroup::new(&root, path).expect_err(path);
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{path:?}: {err}");
+            assert!(
+                err.to_string().starts_with("linux.cgroupsPath"),
+                "{path:?}: {err}"
+            );
+        }
+        assert!(Cgroup::new(&root, "/a/b").is_ok());
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn lists_and_removes_sub_cgroups_too() {
+        let root = tempfile_dir();
+        fs::write(root.join("cgroup.controllers"), "").expect("v2 root");
+        let cg = Cgroup::new(&root, "/ns/c1").expect("layout");
+        let leaf = root.join("ns/c1");
+        for (dir, procs) in [
+            (leaf.clone(), "10\n0\n"),
+            (leaf.join("a"), "11\n12\n"),
+            (leaf.join("a/b"), "13\n"),
+        ] {
+            fs::create_dir_all(&dir).expect("mkdir");
+            fs::write(dir.join("cgroup.procs"), procs).expect("procs");
+        }
+        let mut pids = cg.pids().expect("pids");
+        pids.sort_unstable();
+        assert_eq!(pids, vec![10, 11, 12, 13]);
+        assert_eq!(
+            sub_cgroups(&leaf).expect("walk"),
+            vec![leaf.join("a"), leaf.join("a/b")]
+        );
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn joins_only_an_empty_existing_cgroup() {
+        let root = tempfile_dir();
+        fs::write(root.join("cgroup.controllers"), "").expect("v2 root");
+        let cg = Cgroup::new(&root, "/ns/c1").expect("layout");
+        cg.check_joinable()
+            .expect("a cgroup that does not exist yet");
+        let leaf = root.join("ns/c1");
+        fs::create_dir_all(&leaf).expect("mkdir");
+        fs::write(leaf.join("cgroup.procs"), "").expect("procs");
+        cg.check_joinable().expect("an empty one");
+        fs::write(leaf.join("cgroup.procs"), "7\n8\n").expect("procs");
+        let err = cg.check_joinable().expect_err("with processes");
+        assert!(
+            err.to_string().contains("not empty: 2 process(es)"),
+            "{err}"
+        );
+        fs::write(leaf.join("cgroup.procs"), "").expect("procs");
+        fs::write(leaf.join("cgroup.events"), "populated 0\nfrozen 1\n").expect("events");
+        let err = cg.check_joinable().expect_err("frozen");
+        assert!(err.to_string().contains("frozen"), "{err}");
         fs::remove_dir_all(&root).expect("cleanup");
     }
 

@@ -6,7 +6,10 @@
 //!   write side; the helper answers one [`HelperReply`] line and exits;
 //! - [`START_FD`]: the read end of the start pipe; the container blocks on it until Start;
 //! - [`EXEC_STATUS_FD`]: the write end of the exec status pipe, close-on-exec in the container:
-//!   EOF without data means the exec succeeded, otherwise it carries the error.
+//!   EOF without data means the exec succeeded, otherwise it carries the error;
+//! - [`INIT_PIDFD_FD`], for an Exec request only: a pidfd of the container's init, whose
+//!   namespaces the exec'd process joins through it (never through `/proc/<pid>`: the init may
+//!   have been reaped and its pid given to another process).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +18,7 @@ pub const HELPER_ARG: &str = "__usernsrs_create";
 pub const CONTROL_FD: i32 = 3;
 pub const START_FD: i32 = 4;
 pub const EXEC_STATUS_FD: i32 = 5;
+pub const INIT_PIDFD_FD: i32 = 6;
 
 /// What the helper is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,7 +34,8 @@ pub enum HelperRequest {
 pub struct ExecPlan {
     pub container_id: String,
     pub exec_id: String,
-    /// Host pid of the container's init, whose namespaces the process joins.
+    /// Host pid of the container's init, for messages and for reads checked against its
+    /// pidfd ([`INIT_PIDFD_FD`]), through which its namespaces are joined.
     pub init_pid: i32,
     pub process: oci_spec::runtime::Process,
     pub cgroups_path: Option<String>,
