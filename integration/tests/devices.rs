@@ -353,6 +353,12 @@ fn refuses_devices_it_cannot_make_as_said(flavor: Flavor) -> Result<()> {
             "{flavor}: {what}: stderr must say `{message}`:\n{}",
             run.stderr
         );
+        // ctr 1.6 prints the status code too: a refused spec is InvalidArgument.
+        ensure!(
+            flavor != Flavor::Containerd16 || run.stderr.contains("invalid argument"),
+            "{flavor}: {what}: a refused spec must be InvalidArgument:\n{}",
+            run.stderr
+        );
         env.assert_no_shim(&format!("the refused create with {what}"))?;
         let after = env.our_mount_lines()?;
         ensure!(

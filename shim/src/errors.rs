@@ -42,7 +42,7 @@ impl From<ShimError> for ttrpc::Error {
             ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            ShimError::Internal { .. } => Code::UNKNOWN,
+            ShimError::Internal { .. } => Code::INTERNAL,
         };
         let message = usernsrs_init::error_chain(&e);
         log::warn!("rpc error {code:?}: {message}");

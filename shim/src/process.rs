@@ -34,7 +34,8 @@ use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
 use usernsrs_init::proto::{
-    HelperReply, HelperRequest, CONTROL_FD, EXEC_STATUS_FD, HELPER_ARG, INIT_PIDFD_FD, START_FD,
+    FailureKind, HelperReply, HelperRequest, CONTROL_FD, EXEC_STATUS_FD, HELPER_ARG, INIT_PIDFD_FD,
+    START_FD,
 };
 use usernsrs_sys::PidFd;
 
@@ -220,8 +221,16 @@ async fn run_helper(
                 console,
             })
         }
-        Ok(HelperReply::Failed { error }) => {
-            Err(ShimError::FailedPrecondition(format!("{what}: {error}")))
+        Ok(HelperReply::Failed { error, kind }) => {
+            let message = format!("{what}: {error}");
+            Err(match kind {
+                FailureKind::Refused => ShimError::InvalidArgument(message),
+                FailureKind::Unsupported => ShimError::FailedPrecondition(message),
+                FailureKind::Internal => ShimError::Internal {
+                    context: message,
+                    err: anyhow::anyhow!("the helper failed"),
+                },
+            })
         }
         Err(_) => Err(ShimError::Internal {
             context: format!("{what}: the helper exited without an answer"),

@@ -40,7 +40,7 @@ impl Channel {
         let msg: Sync =
             serde_json::from_slice(&line).map_err(InitError::json("decode sync message"))?;
         match msg {
-            Sync::Error(e) => Err(InitError::Child(e)),
+            Sync::Error(e, kind) => Err(InitError::Child(e, kind)),
             other => Ok(other),
         }
     }

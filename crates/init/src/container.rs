@@ -76,7 +76,7 @@ pub(crate) fn ready_then_exec(mut chan: Channel, prepared: Result<ExecArgs, Init
     let (path, args, env, late_seccomp) = match prepared {
         Ok(v) => v,
         Err(e) => {
-            let _ = chan.send(&Sync::Error(error_chain(&e)));
+            let _ = chan.send(&Sync::Error(error_chain(&e), e.kind()));
             // SAFETY: leave the forked child without running the helper's destructors.
             unsafe { libc::_exit(1) }
         }

@@ -81,6 +81,7 @@ pub fn helper_main() -> ! {
         Err(e) => (
             HelperReply::Failed {
                 error: error_chain(&e),
+                kind: e.kind(),
             },
             None,
         ),
@@ -474,7 +475,7 @@ fn stage_one(plan: &ContainerPlan, volumes: &Volumes, mut chan: Channel) -> ! {
         }
     })(&mut chan);
     if let Err(e) = result {
-        let _ = chan.send(&Sync::Error(error_chain(&e)));
+        let _ = chan.send(&Sync::Error(error_chain(&e), e.kind()));
         // SAFETY: leaving the forked child without running destructors meant for the helper.
         unsafe { libc::_exit(1) }
     }

@@ -199,7 +199,7 @@ fn stage_one(plan: &ExecPlan, init: &PidFd, namespaces: CloneFlags, mut chan: Ch
         }
     })(&mut chan);
     if let Err(e) = result {
-        let _ = chan.send(&Sync::Error(error_chain(&e)));
+        let _ = chan.send(&Sync::Error(error_chain(&e), e.kind()));
         // SAFETY: leaving the forked child without running destructors meant for the helper.
         unsafe { libc::_exit(1) }
     }

@@ -97,13 +97,31 @@ pub enum InitError {
     Container(String),
     #[error(transparent)]
     Seccomp(#[from] usernsrs_runtime_core::seccomp::SeccompError),
+    /// A stage the helper forked failed; its message and kind.
     #[error("{0}")]
-    Child(String),
+    Child(String, proto::FailureKind),
     #[error("helper protocol: {0}")]
     Protocol(String),
 }
 
 impl InitError {
+    /// Whose fault this was (see [`proto::FailureKind`]).
+    pub fn kind(&self) -> proto::FailureKind {
+        use proto::FailureKind::*;
+        match self {
+            InitError::Container(_) | InitError::Seccomp(_) => Refused,
+            InitError::Idmap { .. }
+            | InitError::OverlayIdmap { .. }
+            | InitError::VolumeIdmap { .. }
+            | InitError::Cgroup { .. } => Unsupported,
+            InitError::Child(_, kind) => *kind,
+            InitError::Io { .. }
+            | InitError::Json { .. }
+            | InitError::Mount { .. }
+            | InitError::Protocol(_) => Internal,
+        }
+    }
+
     pub(crate) fn io<C: Into<String>>(context: C) -> impl FnOnce(std::io::Error) -> InitError {
         let context = context.into();
         move |err| InitError::Io { context, err }

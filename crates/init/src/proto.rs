@@ -49,8 +49,20 @@ pub enum HelperReply {
     /// The process runs (blocked until Start) as host pid `pid`. With `console`, the master of
     /// its pty comes attached to the reply (SCM_RIGHTS).
     Created { pid: i32, console: bool },
-    /// Nothing was left behind; `error` says what failed.
-    Failed { error: String },
+    /// Nothing was left behind; `error` says what failed, `kind` whose fault it was.
+    Failed { error: String, kind: FailureKind },
+}
+
+/// Whose fault a failure was, for the status code the shim answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The spec asks for something the shim refuses (InvalidArgument).
+    Refused,
+    /// This host cannot do what the spec asks: its kernel, filesystem or cgroups
+    /// (FailedPrecondition).
+    Unsupported,
+    /// Anything else: a syscall that failed, the protocol (Internal).
+    Internal,
 }
 
 /// Messages between the helper and the processes it forks, over a socket pair, one JSON
@@ -68,5 +80,5 @@ pub(crate) enum Sync {
     /// Container → helper: the master of its pty follows (SCM_RIGHTS).
     Console,
     /// Child or container → helper: setup failed.
-    Error(String),
+    Error(String, FailureKind),
 }
