@@ -33,12 +33,12 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use containerd_shim_protos::api::{CreateTaskRequest, DeleteRequest, KillRequest, WaitRequest};
-use containerd_shim_protos::shim_sync::{Client, TaskClient};
+use containerd_shim_protos::shim_sync::TaskClient;
 use containerd_shim_protos::ttrpc::context::{self as ttrpc_context, Context as TtrpcContext};
 use serde_json::{json, Value};
 use usernsrs_integration::{shim_binary, Flavor};
 
-use common::{lines, run_tool, unique_id, unpack_busybox, Env, RUNTIME};
+use common::{lines, run_tool, unique_id, unpack_busybox, Env};
 
 /// The containerd namespace of this target.
 const NS: &str = "exeseal-test";
@@ -295,30 +295,6 @@ fn probe_spec(env: &Env, id: &str, rootfs: &Path, args: &[&str]) -> Result<Value
     Ok(spec)
 }
 
-fn write_spec(env: &Env, id: &str, spec: &Value) -> Result<String> {
-    let config = env.dir().join(format!("config-{id}.json"));
-    fs::write(&config, serde_json::to_vec_pretty(spec)?)
-        .with_context(|| format!("cannot write {}", config.display()))?;
-    Ok(config.to_string_lossy().into_owned())
-}
-
-/// `ctr c create --config` + `ctr t start -d`: the container's host pid once it runs.
-fn start_detached(env: &Env, id: &str, spec: &Value) -> Result<i32> {
-    let config = write_spec(env, id, spec)?;
-    env.ctr_ok(&[
-        "containers",
-        "create",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        &config,
-        id,
-    ])?;
-    let fifo = env.fifo_dir();
-    env.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, id])?;
-    env.wait_task(id, "RUNNING")
-}
-
 /// Checks what the probe saw in `what` against the host binary and the expected seal.
 fn check_probe(what: &str, output: &str, host: &HostBinary, seal: Seal) -> Result<()> {
     let p = Probe::parse(output).with_context(|| what.to_owned())?;
@@ -402,7 +378,7 @@ fn script_interpreter_is_sealed(
     // An exec'd process: the stage that execs it is E2, also the shim's code.
     let id = unique_id("seal-exec");
     let spec = probe_spec(&env, &id, &rootfs, &["/bin/sleep", "1000"])?;
-    start_detached(&env, &id, &spec)?;
+    env.start_detached(&id, &spec)?;
     let exec = env.ctr(&["task", "exec", "--exec-id", "probe", &id, "/entry"]);
     let killed = env.kill_and_remove(&id);
     let exec = exec?;
@@ -442,22 +418,6 @@ fn containerd2_script_interpreter_is_a_sealed_memfd_when_asked() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // 2. A shim stage in a container's namespaces is not dumpable.
 // ---------------------------------------------------------------------------------------------
-
-/// A ttrpc client of the shim serving container `id`, at the address in its bundle.
-fn shim_client(env: &Env, id: &str) -> Result<TaskClient> {
-    let file = env.bundle(id).join("address");
-    let address = fs::read_to_string(&file)
-        .with_context(|| format!("cannot read {}", file.display()))?
-        .trim()
-        .to_owned();
-    let client = Client::connect(&address).with_context(|| {
-        format!(
-            "cannot connect to the shim at {address} (from {})",
-            file.display()
-        )
-    })?;
-    Ok(TaskClient::new(client))
-}
 
 fn rpc_context() -> TtrpcContext {
     let mut ctx = ttrpc_context::with_timeout(30 * 1_000_000_000);
@@ -518,7 +478,7 @@ fn containerd2_waiting_shim_stage_is_not_dumpable_from_the_container() -> Result
     unpack_busybox(&rootfs)?;
     let mut spec = env.base_spec(&runner, &rootfs, "true")?;
     spec["process"]["args"] = json!(["/bin/sleep", "1000"]);
-    let runner_pid = start_detached(&env, &runner, &spec)?;
+    let runner_pid = env.start_detached(&runner, &spec)?;
 
     // The stage: a container created on the same shim, joining the runner's pid namespace,
     // not started. Its init (C2) has its final credentials and waits for Start.
@@ -540,7 +500,7 @@ fn containerd2_waiting_shim_stage_is_not_dumpable_from_the_container() -> Result
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
     )?;
-    let shim = shim_client(&env, &runner)?;
+    let shim = env.shim_client(&runner)?;
     let created = shim
         .create(
             rpc_context(),

@@ -136,23 +136,6 @@ fn run_config(env: &Env, id: &str, spec: &Value, opts: &[&str]) -> Result<Output
     env.ctr(&args)
 }
 
-/// `ctr c create --config` + `ctr t start -d`: the container's host pid once it runs.
-fn start_detached(env: &Env, id: &str, spec: &Value) -> Result<i32> {
-    let config = write_spec(env.dir(), id, spec)?;
-    env.ctr_ok(&[
-        "containers",
-        "create",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        &config,
-        id,
-    ])?;
-    let fifo = env.fifo_dir();
-    env.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, id])?;
-    env.wait_task(id, "RUNNING")
-}
-
 /// `ctr task exec --exec-id EXEC ID ARGS...`, which must succeed; its normalised lines.
 fn exec_lines(env: &Env, id: &str, exec_id: &str, args: &[&str]) -> Result<Vec<String>> {
     let mut all = vec!["task", "exec", "--exec-id", exec_id, id];
@@ -1045,7 +1028,7 @@ fn shim_crash_with_volumes(flavor: Flavor) -> Result<()> {
             bind("/bind", &data, &["rbind"]),
         ],
     )?;
-    let pid = start_detached(&env, &id, &spec)?;
+    let pid = env.start_detached(&id, &spec)?;
     let written = volume.join("written");
     wait_for("the container to write into its volume", CLEANUP, || {
         Ok(written.exists())
@@ -1918,7 +1901,7 @@ fn escapes(flavor: Flavor) -> Result<()> {
             "`ctr oci spec` device rules are {}",
             spec["linux"]["resources"]["devices"]
         );
-        start_detached(&env, &id, &spec)?;
+        env.start_detached(&id, &spec)?;
         let out = exec_lines(
             &env,
             &id,

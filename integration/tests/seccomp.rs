@@ -23,7 +23,6 @@ use usernsrs_integration::{mounts_under, Flavor};
 
 use common::{
     add_user_namespace, set_mapping, unique_id, unpack_busybox, CreateStart, Env, NOT_APPLICABLE,
-    RUNTIME,
 };
 
 const NS: &str = "seccomp-test";
@@ -337,7 +336,7 @@ fn no_new_privileges_follows_the_spec(flavor: Flavor) -> Result<()> {
     // An exec'd process follows its own process spec the same way.
     let id = unique_id("nnp-exec");
     let spec = spec(&env, &id, &rootfs, "sleep 600", profile, false)?;
-    start_detached(&env, &id, &spec)?;
+    env.start_detached(&id, &spec)?;
     let fifo = env.fifo_dir();
     let exec = env.ctr(&[
         "task",
@@ -370,26 +369,6 @@ fn containerd2_no_new_privileges_follows_the_spec_with_a_profile() -> Result<()>
 #[test]
 fn containerd16_no_new_privileges_follows_the_spec_with_a_profile() -> Result<()> {
     no_new_privileges_follows_the_spec(Flavor::Containerd16)
-}
-
-/// `ctr c create --config` then `ctr t start -d`; returns once the task runs.
-fn start_detached(env: &Env, id: &str, spec: &Value) -> Result<()> {
-    let config = env.dir().join(format!("config-{id}.json"));
-    fs::write(&config, serde_json::to_vec_pretty(spec)?)?;
-    let config = config.to_string_lossy().into_owned();
-    env.ctr_ok(&[
-        "containers",
-        "create",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        &config,
-        id,
-    ])?;
-    let fifo = env.fifo_dir();
-    env.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, id])?;
-    env.wait_task(id, "RUNNING")?;
-    Ok(())
 }
 
 /// containerd's default profile (what `ctr run --seccomp` and CRI's RuntimeDefault give):

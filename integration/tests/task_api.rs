@@ -36,8 +36,7 @@ use containerd_shim_protos::cgroups::metrics::Metrics as CgroupV1Metrics;
 use containerd_shim_protos::cgroups_v2::metrics::Metrics as CgroupV2Metrics;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::shim_sync::{Client, TaskClient};
-use containerd_shim_protos::ttrpc::context::{self as ttrpc_context, Context as TtrpcContext};
+use containerd_shim_protos::ttrpc::context::{self as ttrpc_context};
 use serde_json::{json, Value};
 use usernsrs_integration::{mounts_under, proc_status_uid, process_alive, Flavor, CTR_TIMEOUT};
 
@@ -1132,7 +1131,7 @@ fn slow_logger_does_not_stall_the_shim(flavor: Flavor) -> Result<()> {
         "{flavor}: the logger of {id} got ready before the shim could be asked anything \
          (a machine this slow cannot tell)"
     );
-    let client = shim_client(&env, &id)?;
+    let client = env.shim_client(&id)?;
     let asked = Instant::now();
     let answer = client.connect(
         ttrpc_context::with_timeout(2_000_000_000),
@@ -1212,26 +1211,6 @@ fn metrics(env: &Env, id: &str) -> Result<HashMap<String, String>> {
             Some((f.next()?.to_owned(), f.next()?.to_owned()))
         })
         .collect())
-}
-
-/// A ttrpc client of the shim serving container `id`, at the address in its bundle.
-fn shim_client(env: &Env, id: &str) -> Result<TaskClient> {
-    let file = env.bundle(id).join("address");
-    let address = read_trimmed(&file)?;
-    let client = Client::connect(&address).with_context(|| {
-        format!(
-            "cannot connect to the shim at {address} (from {})",
-            file.display()
-        )
-    })?;
-    Ok(TaskClient::new(client))
-}
-
-/// What containerd sends with each call: a deadline and its namespace.
-fn rpc_context() -> TtrpcContext {
-    let mut ctx = ttrpc_context::with_timeout(30 * 1_000_000_000);
-    ctx.add("containerd-namespace".to_owned(), NS.to_owned());
-    ctx
 }
 
 /// Reads a container's growing file from the host, through its root.
@@ -1323,7 +1302,7 @@ fn cgroups(flavor: Flavor) -> Result<()> {
     }
 
     // Update and Stats straight over the shim's ttrpc socket (ctr has no update command).
-    let client = shim_client(&env, &id)?;
+    let client = env.shim_client(&id)?;
     let update = UpdateTaskRequest {
         id: id.clone(),
         resources: Some(Any {
@@ -1335,7 +1314,7 @@ fn cgroups(flavor: Flavor) -> Result<()> {
         ..Default::default()
     };
     client
-        .update(rpc_context(), &update)
+        .update(env.rpc_context(), &update)
         .map_err(|e| anyhow!("{flavor}: Update of {id}: {e:?}"))?;
     assert_eq!(
         read_trimmed(&cg.memory_limit)?,
@@ -1345,7 +1324,7 @@ fn cgroups(flavor: Flavor) -> Result<()> {
     );
     let stats = client
         .stats(
-            rpc_context(),
+            env.rpc_context(),
             &StatsRequest {
                 id: id.clone(),
                 ..Default::default()
@@ -1379,7 +1358,7 @@ fn cgroups(flavor: Flavor) -> Result<()> {
     // An unknown container is NotFound.
     let err = client
         .update(
-            rpc_context(),
+            env.rpc_context(),
             &UpdateTaskRequest {
                 id: "no-such-container".into(),
                 ..update
@@ -1578,21 +1557,7 @@ fn time_offsets_apply_to_the_container_and_its_execs(flavor: Flavor) -> Result<(
         "boottime": {"secs": AHEAD},
         "monotonic": {"secs": AHEAD},
     });
-    let config = env.dir().join(format!("config-{id}.json"));
-    fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
-    let config = config.to_string_lossy().into_owned();
-    env.ctr_ok(&[
-        "containers",
-        "create",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        &config,
-        &id,
-    ])?;
-    let fifo = env.fifo_dir();
-    env.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, &id])?;
-    let init = env.wait_task(&id, "RUNNING")?;
+    let init = env.start_detached(&id, &spec)?;
     let result = (|| -> Result<()> {
         let uptime = |text: &str| -> Result<u64> {
             let secs = text.split(['.', ' ']).next().unwrap_or_default();
@@ -1642,7 +1607,7 @@ fn containerd2_exec_with_unmapped_additional_gids_is_refused_by_name() -> Result
     let id = unique_id("exec-gids");
     env.run_detached(&userns_opts(Flavor::Containerd2), &id, &["sleep", "1000"])?;
     let result = (|| -> Result<()> {
-        let client = shim_client(&env, &id)?;
+        let client = env.shim_client(&id)?;
         let spec = json!({
             "args": ["id"], "cwd": "/",
             "user": {"uid": 0, "gid": 0, "additionalGids": [70000]},
@@ -1659,7 +1624,7 @@ fn containerd2_exec_with_unmapped_additional_gids_is_refused_by_name() -> Result
             ..Default::default()
         };
         let err = client
-            .exec(rpc_context(), &request)
+            .exec(env.rpc_context(), &request)
             .expect_err("an unmapped additional gid must be refused");
         let text = format!("{err:?}");
         ensure!(

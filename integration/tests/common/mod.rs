@@ -90,6 +90,55 @@ impl Env {
         self.dir().join("fifo").to_string_lossy().into_owned()
     }
 
+    /// Writes `spec` as `config-ID.json` in this containerd's directory; its path.
+    pub fn write_spec(&self, id: &str, spec: &Value) -> Result<String> {
+        let config = self.dir().join(format!("config-{id}.json"));
+        fs::write(&config, serde_json::to_vec_pretty(spec)?)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        Ok(config.to_string_lossy().into_owned())
+    }
+
+    /// `ctr c create --config` + `ctr t start -d`: the container's host pid once it runs.
+    pub fn start_detached(&self, id: &str, spec: &Value) -> Result<i32> {
+        let config = self.write_spec(id, spec)?;
+        self.ctr_ok(&[
+            "containers",
+            "create",
+            "--runtime",
+            RUNTIME,
+            "--config",
+            &config,
+            id,
+        ])?;
+        let fifo = self.fifo_dir();
+        self.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, id])?;
+        self.wait_task(id, "RUNNING")
+    }
+
+    /// A ttrpc client of the shim serving container `id`, at the address in its bundle.
+    pub fn shim_client(&self, id: &str) -> Result<containerd_shim_protos::shim_sync::TaskClient> {
+        let file = self.bundle(id).join("address");
+        let address = fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim()
+            .to_owned();
+        let client =
+            containerd_shim_protos::shim_sync::Client::connect(&address).with_context(|| {
+                format!(
+                    "cannot connect to the shim at {address} (from {})",
+                    file.display()
+                )
+            })?;
+        Ok(containerd_shim_protos::shim_sync::TaskClient::new(client))
+    }
+
+    /// What containerd sends with each call: a 30 s deadline and this env's namespace.
+    pub fn rpc_context(&self) -> containerd_shim_protos::ttrpc::context::Context {
+        let mut ctx = containerd_shim_protos::ttrpc::context::with_timeout(30 * 1_000_000_000);
+        ctx.add("containerd-namespace".to_owned(), self.ns.to_owned());
+        ctx
+    }
+
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.dir()
             .join("state/io.containerd.runtime.v2.task")
