@@ -3,8 +3,9 @@
 # modules, cached outside the repository:
 #   - crictl and critest from sigs.k8s.io/cri-tools (critest has only test files: it is
 #     built with `go test -c` from a scratch module that requires cri-tools);
-#   - the CNI plugins bridge, host-local and loopback from containernetworking/plugins (the
-#     pods' network lives in a network namespace the tests create, never the host's);
+#   - the CNI plugins bridge, host-local, loopback and portmap (critest's hostPort specs) from
+#     containernetworking/plugins (the pods' network lives in a network namespace the tests
+#     create, never the host's);
 #   - distribution's registry, which serves the local test images to critest on the test
 #     network namespace's 127.0.0.1.
 # Idempotent. Called by hack/install-peers.sh.
@@ -23,7 +24,7 @@ if [ ! -x "$BIN/crictl" ]; then
   log "building crictl $CRI_TOOLS_VERSION"
   GOBIN="$BIN" go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
 fi
-for plugin in main/bridge ipam/host-local main/loopback; do
+for plugin in main/bridge ipam/host-local main/loopback meta/portmap; do
   if [ ! -x "$BIN/${plugin#*/}" ]; then
     log "building CNI plugin ${plugin#*/} $CNI_PLUGINS_VERSION"
     GOBIN="$BIN" go install "github.com/containernetworking/plugins/plugins/$plugin@$CNI_PLUGINS_VERSION"

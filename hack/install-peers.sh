@@ -5,6 +5,9 @@
 #     ctr and containerd-shim-runc-v2, built from the Go module with the machine's Go into a
 #     cache outside the repository,
 #   - busybox-static, from which hack/build-images.sh makes the test images,
+#   - for hack/build-cri-images.sh (critest's images): nginx, procps (pgrep), and Debian's
+#     dynamic busybox unpacked into the cache (it conflicts with busybox-static); iptables for
+#     the CNI portmap plugin in the test network namespace (critest's hostPort specs),
 #   - runc v1.5.3 with seccomp (the reference runtime of the kubelet tests) and the kubelet of
 #     Kubernetes v1.35.4, built from their Go modules into the same cache.
 # Idempotent: a second run on a warm machine takes about a second.
@@ -17,7 +20,7 @@ PEERS="$CACHE/containerd-$CONTAINERD2_VERSION/bin"
 log() { printf '[install-peers] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in containerd runc busybox-static; do
+for pkg in containerd runc busybox-static nginx procps iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -77,6 +80,20 @@ if [ ! -x "$CONTAINERD17/usr/bin/containerd" ]; then
   apt-get "${apt_opts[@]}" update -qq
   (cd "$apt_dir" && apt-get "${apt_opts[@]}" download containerd 2>/dev/null)
   dpkg -x "$(ls -t "$apt_dir"/containerd_1.7*.deb | head -1)" "$CONTAINERD17"
+fi
+
+# Debian's dynamic busybox for critest's busybox image: its sh runs /bin/<applet> from PATH as
+# upstream busybox does (busybox-static's runs its own applets). Unpacked, not installed: the
+# two packages conflict.
+BUSYBOX_DEB="$CACHE/busybox-deb"
+if [ ! -x "$BUSYBOX_DEB/bin/busybox" ]; then
+  log "fetching Debian's busybox into $BUSYBOX_DEB"
+  deb_dir=$(mktemp -d "$CACHE/busybox-deb.XXXXXX")
+  (cd "$deb_dir" && apt-get download busybox 2>/dev/null)
+  dpkg -x "$(ls "$deb_dir"/busybox_*.deb | head -1)" "$deb_dir/root"
+  rm -rf "$BUSYBOX_DEB"
+  mv "$deb_dir/root" "$BUSYBOX_DEB"
+  rm -rf "$deb_dir"
 fi
 
 # build_runc VERSION: runc of one release, with seccomp, into $CACHE/runc-VERSION/bin: the

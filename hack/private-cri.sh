@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # A private containerd 2.x with its CRI plugin, for the Kubernetes tests: runtime handler
 # `usernsrs` (runtime_type io.containerd.usernsrs.v2), the pause and busybox images imported
-# into the k8s.io namespace, CNI bridge networking. containerd runs in a network namespace made
-# for it, so the pods' bridge and veths never touch the host's network; crictl and critest are
-# run inside it too (the streaming server listens on its 127.0.0.1).
+# into the k8s.io namespace, CNI bridge networking with host ports (portmap). containerd runs in
+# a network namespace and an IPC namespace made for it, so the pods' bridge, veths, port
+# mappings and host-IPC segments never touch the host's; crictl and critest are run inside them
+# too (the streaming server listens on the namespace's 127.0.0.1).
 #
 #   private-cri.sh start DIR [2|1.7]  prints CONTAINERD_ADDRESS, NETNS, CRICTL (default 2:
 #                                     containerd $CONTAINERD2_VERSION, v2.4.2 unless set;
 #                                     1.7: Debian trixie's 1.7.24)
-#   private-cri.sh crictl DIR ARGS... crictl against it, inside its network namespace
-#   private-cri.sh critest DIR ARGS.. critest against it, inside its network namespace
+#   private-cri.sh crictl DIR ARGS... crictl against it, inside its network and IPC namespaces
+#   private-cri.sh critest DIR ARGS.. critest against it, inside its network and IPC namespaces
 #   private-cri.sh registry DIR       a registry on the namespace's 127.0.0.1:5000 serving the
-#                                     local images under the names critest pulls
-#   private-cri.sh stop DIR           containerd, pods, mounts and the network namespace gone
+#                                     stand-ins hack/build-cri-images.sh builds under the names
+#                                     critest pulls (every pull goes there: certs.d/_default)
+#   private-cri.sh stop DIR           containerd, pods, mounts and both namespaces gone
 #
 # $USERNSRS_SHIM is linked into DIR/bin as containerd-shim-usernsrs-v2.
 # $USERNSRS_CRI_DEFAULT_RUNTIME (containerd 2.x) names CRI's default runtime, the one a pod
@@ -20,6 +22,8 @@
 #   usernsrs  the `usernsrs` handler
 #   runc      the `runc` handler with runc $RUNC_VERSION (v1.5.3) from the cache, state in DIR/runc
 #   unset     containerd's own default (`runc`, the runc on PATH)
+# $USERNSRS_CRI_NRI=1 (containerd 2.x) enables NRI with its socket at DIR/nri.sock, for critest's
+# NRI specs (--nri-socket); no plugin is started from the machine's directories.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -74,8 +78,14 @@ default_runtime_toml() {
 # The network namespace is pinned by a bind mount at DIR/netns, not named with `ip netns add`:
 # that bind-mounts /run/netns onto itself the first time a machine names a namespace, a mount
 # that stays for good and that no test of ours should leave behind.
+# The IPC namespace is pinned the same way at DIR/ipcns: a hostIPC pod shares containerd's, and
+# critest makes System V segments in it (ipcmk) that die with the namespace.
 netns_of() { printf '%s/netns' "$1"; }
-in_netns() { local dir=$1; shift; nsenter --net="$(netns_of "$dir")" "$@"; }
+ipcns_of() { printf '%s/ipcns' "$1"; }
+in_netns() {
+  local dir=$1; shift
+  nsenter --net="$(netns_of "$dir")" --ipc="$(ipcns_of "$dir")" "$@"
+}
 
 # The CRI section of containerd 1.7's version-2 config.
 config_17() {
@@ -143,20 +153,30 @@ server = "http://127.0.0.1:5000"
 HOSTS
   chmod 0700 "$dir/s"
   ln -sfn "$(realpath -e "$USERNSRS_SHIM")" "$dir/bin/containerd-shim-usernsrs-v2"
-  cp "$CRI_BIN"/{bridge,host-local,loopback} "$dir/cni/bin/"
-  local ns; ns=$(netns_of "$dir")
-  touch "$ns"
-  unshare --net="$ns" true
+  cp "$CRI_BIN"/{bridge,host-local,loopback,portmap} "$dir/cni/bin/" ||
+    die "CNI plugins missing in $CRI_BIN: run hack/install-peers.sh"
+  local ns ipcns; ns=$(netns_of "$dir") ipcns=$(ipcns_of "$dir")
+  touch "$ns" "$ipcns"
+  unshare --net="$ns" --ipc="$ipcns" true
   nsenter --net="$ns" ip link set lo up
   cat > "$dir/cni/conf/10-usernsrs.conflist" <<CNI
 {"cniVersion": "1.0.0", "name": "usernsrs-pods", "plugins": [
   {"type": "bridge", "bridge": "usernsrs0", "isGateway": true, "ipMasq": false,
    "ipam": {"type": "host-local", "dataDir": "$dir/cni/ipam",
             "ranges": [[{"subnet": "10.244.77.0/24"}]]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}},
   {"type": "loopback"}]}
 CNI
   # restrict_oom_score_adj: this machine's root lacks CAP_SYS_RESOURCE, so the pause
   # container's -998 could not be written; containerd clamps it to what is allowed.
+  local nri_disabled='"io.containerd.nri.v1.nri", ' nri_toml=''
+  if [ "${USERNSRS_CRI_NRI:-}" = 1 ]; then
+    [ "$flavor" = 2 ] || die "USERNSRS_CRI_NRI is for containerd 2.x"
+    mkdir -p "$dir"/nri/{plugins,conf.d}
+    nri_disabled=''
+    nri_toml=$(printf '  [plugins."io.containerd.nri.v1.nri"]\n    disable = false\n    socket_path = "%s"\n    plugin_path = "%s"\n    plugin_config_path = "%s"' \
+      "$dir/nri.sock" "$dir/nri/plugins" "$dir/nri/conf.d")
+  fi
   if [ "$flavor" = 1.7 ]; then
     config_17 "$dir" > "$dir/config.toml"
   else
@@ -166,7 +186,7 @@ version = 3
 root = "$dir/root"
 state = "$dir/state"
 temp = "$dir/tmp"
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
+disabled_plugins = ["io.containerd.internal.v1.opt", $nri_disabled
   "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile",
   "io.containerd.snapshotter.v1.erofs", "io.containerd.differ.v1.erofs",
@@ -194,13 +214,14 @@ $(handler_toml "$dir")
   [plugins."io.containerd.grpc.v1.cri"]
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
+$nri_toml
 TOML
   fi
   printf '%s\n' "$flavor" > "$dir/flavor"
   [ -e /run/containerd ] || touch "$dir/created-run-containerd"
   # exec all the way down, so that $! is containerd itself (stop kills that pid).
   (PATH="$dir/bin:$bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-    exec nsenter --net="$ns" "$bin/containerd" --config "$dir/config.toml" \
+    exec nsenter --net="$ns" --ipc="$ipcns" "$bin/containerd" --config "$dir/config.toml" \
     </dev/null >>"$dir/containerd.log" 2>&1) &
   printf '%s\n' "$!" > "$dir/containerd.pid"
   local i
@@ -232,12 +253,10 @@ cmd_critest() {
     --image-endpoint "unix://$dir/containerd.sock" "$@"
 }
 
-# The images critest pulls, served from the local ones.
-CRITEST_IMAGES=(registry.k8s.io/e2e-test-images/busybox:1.29-2 registry.k8s.io/e2e-test-images/busybox:1.36.1-1)
-
 cmd_registry() {
   local dir; dir=$(realpath -m "$1")
   [ -x "$CRI_BIN/registry" ] || die "the registry is missing: run hack/install-peers.sh"
+  local archive; archive=$(bash "$HERE/build-cri-images.sh")
   mkdir -p "$dir/registry"
   cat > "$dir/registry.yml" <<YML
 version: 0.1
@@ -260,13 +279,18 @@ YML
     in_netns "$dir" bash -c 'exec 3<>/dev/tcp/127.0.0.1/5000' 2>/dev/null && break
     sleep 0.1
   done
-  for image in "${CRITEST_IMAGES[@]}"; do
+  # Imported under critest's names, pushed under the registry-less path every pull resolves to
+  # (certs.d/_default sends registry.k8s.io/x and gcr.io/x alike to 127.0.0.1:5000/x), then
+  # both names removed: critest finds nothing it has not pulled.
+  "${ctr[@]}" images import "$archive" >/dev/null
+  local -a images; mapfile -t images < <(bash "$HERE/build-cri-images.sh" --names)
+  for image in "${images[@]}"; do
     local local_ref=127.0.0.1:5000/${image#*/}
-    "${ctr[@]}" images tag --force docker.io/library/busybox:usernsrs "$local_ref" >/dev/null
+    "${ctr[@]}" images tag --force "$image" "$local_ref" >/dev/null
     in_netns "$dir" "${ctr[@]}" images push --plain-http "$local_ref" >/dev/null
-    "${ctr[@]}" images rm "$local_ref" >/dev/null
+    "${ctr[@]}" images rm "$local_ref" "$image" >/dev/null
   done
-  log "registry on 127.0.0.1:5000 in $(netns_of "$dir") serves ${CRITEST_IMAGES[*]}"
+  log "registry on 127.0.0.1:5000 in $(netns_of "$dir") serves ${#images[@]} critest images"
 }
 
 cmd_stop() {
@@ -281,9 +305,11 @@ cmd_stop() {
     rm -f "$dir/registry.pid"
   fi
   bash "$HERE/private-containerd.sh" stop "$dir" || status=$?
-  local ns; ns=$(netns_of "$dir")
-  if mountpoint -q "$ns"; then umount "$ns" || status=1; fi
-  rm -f "$ns"
+  local ns
+  for ns in "$(netns_of "$dir")" "$(ipcns_of "$dir")"; do
+    if mountpoint -q "$ns"; then umount "$ns" || status=1; fi
+    rm -f "$ns"
+  done
   return $status
 }
 
