@@ -949,6 +949,46 @@ impl Drop for OwnCgroup {
     }
 }
 
+/// Attaches, as a cgroup's owner would, a device program allowing everything but /dev/zero to
+/// the v2 cgroup `dir`; its id.
+fn attach_owner_device_program(dir: &Path) -> Result<u32> {
+    use usernsrs_init::devices::{DeviceKind, DeviceRule, ACC_MKNOD, ACC_READ, ACC_WRITE};
+    let rules = [
+        DeviceRule {
+            allow: true,
+            kind: DeviceKind::All,
+            major: None,
+            minor: None,
+            access: ACC_READ | ACC_WRITE | ACC_MKNOD,
+        },
+        DeviceRule {
+            allow: false,
+            kind: DeviceKind::Char,
+            major: Some(1),
+            minor: Some(5),
+            access: ACC_READ | ACC_WRITE,
+        },
+    ];
+    let insns = usernsrs_init::devices::program(&rules);
+    let prog = usernsrs_sys::bpf::load_named_device_program(
+        &insns,
+        usernsrs_init::devices::LICENSE,
+        "owner",
+    )?;
+    let cgroup = fs::File::open(dir)?;
+    let before = usernsrs_sys::bpf::attached_device_programs(std::os::fd::AsFd::as_fd(&cgroup))?;
+    usernsrs_sys::bpf::attach_device_program(
+        std::os::fd::AsFd::as_fd(&cgroup),
+        std::os::fd::AsFd::as_fd(&prog),
+        usernsrs_sys::bpf::BPF_F_ALLOW_MULTI,
+    )?;
+    let after = usernsrs_sys::bpf::attached_device_programs(std::os::fd::AsFd::as_fd(&cgroup))?;
+    after
+        .into_iter()
+        .find(|id| !before.contains(id))
+        .ok_or_else(|| anyhow!("the owner's program is not listed on {}", dir.display()))
+}
+
 fn existing_cgroup_is_someone_elses(flavor: Flavor) -> Result<()> {
     let env = Env::start_in(flavor, NS)?;
     let rootfs = env.dir().join("rootfs-cg");
@@ -1005,8 +1045,19 @@ fn existing_cgroup_is_someone_elses(flavor: Flavor) -> Result<()> {
         "{flavor}: the rollback of a failed create removed its owner's cgroup"
     );
 
+    // The owner's device program on the v2 cgroup (it denies /dev/zero) keeps applying next to
+    // the container's: the shim replaces only its own programs there.
+    let owners_program = match &own.0.unified {
+        Some(dir) => Some(attach_owner_device_program(dir)?),
+        None => None,
+    };
     let id = unique_id("own");
-    let mut spec = env.base_spec(&id, &rootfs, "cat /proc/self/cgroup")?;
+    let mut spec = env.base_spec(
+        &id,
+        &rootfs,
+        "cat /proc/self/cgroup; if head -c 1 /dev/zero >/dev/null 2>&1; then echo zero-open; \
+         else echo zero-denied; fi",
+    )?;
     spec["linux"]["cgroupsPath"] = json!(path);
     let run = env.create_and_start(&id, &spec)?;
     ensure!(
@@ -1016,6 +1067,22 @@ fn existing_cgroup_is_someone_elses(flavor: Flavor) -> Result<()> {
         run.stdout,
         run.stderr
     );
+    if let (Some(dir), Some(program)) = (&own.0.unified, owners_program) {
+        ensure!(
+            run.stdout.contains("zero-denied"),
+            "{flavor}: the owner's device program of {} no longer applied: {}",
+            dir.display(),
+            run.stdout
+        );
+        let cgroup = fs::File::open(dir)?;
+        let attached =
+            usernsrs_sys::bpf::attached_device_programs(std::os::fd::AsFd::as_fd(&cgroup))?;
+        ensure!(
+            attached.contains(&program),
+            "{flavor}: the owner's device program {program} was detached from {}: {attached:?}",
+            dir.display()
+        );
+    }
     ensure!(
         own.0.exists(),
         "{flavor}: Delete removed its owner's cgroup"

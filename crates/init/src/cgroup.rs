@@ -1466,7 +1466,8 @@ pub fn enable_controllers(root: &Path, rel: &Path) -> Result<(), CgroupError> {
 }
 
 /// Loads the device program for `rules` and attaches it to the v2 cgroup `dir` in place of the
-/// programs attached there before.
+/// programs of ours attached there before (named [`usernsrs_sys::bpf::PROGRAM_NAME`]); the
+/// programs of whoever owns a cgroup that existed before the container stay.
 ///
 /// Attached with `BPF_F_ALLOW_MULTI`, as runc and systemd do: the programs of the ancestors
 /// (a systemd slice's) keep running, since all must allow, and the container's own
@@ -1496,6 +1497,11 @@ pub fn replace_device_program(dir: &Path, rules: &[DeviceRule]) -> Result<(), Cg
         .map_err(fail)?;
     for id in before {
         let old = bpf::program_by_id(id).map_err(fail)?;
+        // Only ours: a program someone else attached to a cgroup that existed before the
+        // container keeps applying (removing it could only widen access).
+        if bpf::program_name(old.as_fd()).map_err(fail)? != bpf::PROGRAM_NAME {
+            continue;
+        }
         bpf::detach_device_program(cgroup.as_fd(), old.as_fd()).map_err(fail)?;
     }
     Ok(())

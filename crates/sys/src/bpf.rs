@@ -20,6 +20,7 @@ const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_ATTACH: libc::c_int = 8;
 const BPF_PROG_DETACH: libc::c_int = 9;
 const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
 const BPF_PROG_QUERY: libc::c_int = 16;
 // enum bpf_prog_type, include/uapi/linux/bpf.h.
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
@@ -112,6 +113,19 @@ struct GetFdAttr {
     open_flags: u32,
 }
 
+/// The `BPF_OBJ_GET_INFO_BY_FD` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The name our device programs are loaded with (`bpf_prog_info.name`, 16 bytes at most): what
+/// tells them apart from programs someone else attached to a cgroup.
+pub const PROGRAM_NAME: &str = "usernsrs";
+
 /// `bpf(cmd, attr, sizeof attr)`.
 ///
 /// # Safety
@@ -160,6 +174,17 @@ fn log_suffix(log: &str) -> String {
 /// verifier checks it only for GPL-only helpers). On failure the load is retried once with
 /// the verifier log on, so the error says why.
 pub fn load_device_program(insns: &[BpfInsn], license: &CStr) -> Result<OwnedFd, LoadError> {
+    load_named_device_program(insns, license, PROGRAM_NAME)
+}
+
+/// [`load_device_program`] under another `name` (at most 15 bytes: `[A-Za-z0-9_.]`), as a
+/// cgroup's other owner would load theirs.
+pub fn load_named_device_program(
+    insns: &[BpfInsn],
+    license: &CStr,
+    name: &str,
+) -> Result<OwnedFd, LoadError> {
+    let name = &name.as_bytes()[..name.len().min(15)];
     let load = |log: Option<&mut Vec<u8>>| -> io::Result<OwnedFd> {
         let mut attr = ProgLoadAttr {
             prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
@@ -169,7 +194,7 @@ pub fn load_device_program(insns: &[BpfInsn], license: &CStr) -> Result<OwnedFd,
             expected_attach_type: BPF_CGROUP_DEVICE,
             ..Default::default()
         };
-        attr.prog_name[..8].copy_from_slice(b"usernsrs");
+        attr.prog_name[..name.len()].copy_from_slice(name);
         if let Some(buf) = log {
             attr.log_level = 1;
             attr.log_size = buf.len() as u32;
@@ -252,6 +277,23 @@ pub fn attached_device_programs(cgroup: BorrowedFd<'_>) -> io::Result<Vec<u32>> 
     unsafe { bpf(BPF_PROG_QUERY, &mut attr) }?;
     ids.truncate(attr.prog_cnt as usize);
     Ok(ids)
+}
+
+/// The name of the loaded program `prog` (`bpf_prog_info.name`, NUL-padded to 16 bytes at
+/// offset 64 of the info, include/uapi/linux/bpf.h).
+pub fn program_name(prog: BorrowedFd<'_>) -> io::Result<String> {
+    let mut info = [0u8; 256];
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD layout; `info` points to `info_len`
+    // writable bytes in `info`, which outlives the call; the kernel writes at most that many.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    let name = &info[64..80];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
 /// An fd for the loaded program with id `id`.
