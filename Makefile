@@ -45,7 +45,7 @@ install: build
 	install -m 0755 $(SHIM_RELEASE) /usr/local/bin/containerd-shim-usernsrs-v2
 
 # The integration tests of integration/vm-tests.txt inside QEMU guests running Debian's 6.1,
-# 6.12 and trixie-backports kernels with pure cgroup v2 (needs root; about 5 minutes per kernel
+# 6.12 and trixie-backports kernels with pure cgroup v2 (needs root; about 10 minutes per kernel
 # under TCG; USERNSRS_VM_KERNELS="6.12" picks kernels). Summary:
 # ${USERNSRS_CACHE:-/var/cache/usernsrs}/vm/results/summary.txt.
 .PHONY: vm-test
