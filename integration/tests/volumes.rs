@@ -39,7 +39,7 @@ use usernsrs_integration::{mountinfo_lines, mounts_under, Flavor};
 
 use common::{
     add_user_namespace, kernel_at_least, kernel_release, lines, mount_at, owner, require_kernel,
-    run_lines, set_mapping, unique_id, unpack_busybox, Env, HostMount, RUNTIME, SETTLE,
+    run_lines, set_mapping, unique_id, unpack_busybox, Env, HostMount, SETTLE,
 };
 
 /// The containerd namespace of these tests (see [`common::NS`]).
@@ -303,26 +303,6 @@ impl Failures {
     }
 }
 
-/// `ctr c create --config` + `ctr t start -d`: the container's host pid once it runs.
-fn start_detached(env: &Env, id: &str, spec: &Value) -> Result<i32> {
-    let config = env.dir().join(format!("config-{id}.json"));
-    fs::write(&config, serde_json::to_vec_pretty(spec)?)
-        .with_context(|| format!("cannot write {}", config.display()))?;
-    let config = config.to_string_lossy().into_owned();
-    env.ctr_ok(&[
-        "containers",
-        "create",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        &config,
-        id,
-    ])?;
-    let fifo = env.fifo_dir();
-    env.ctr_ok(&["task", "start", "-d", "--fifo-dir", &fifo, id])?;
-    env.wait_task(id, "RUNNING")
-}
-
 /// A fresh containerd of `flavor` and a busybox rootfs owned by host root in its directory.
 fn env_and_rootfs(flavor: Flavor) -> Result<(Env, PathBuf)> {
     let env = Env::start_in(flavor, NS)?;
@@ -409,7 +389,7 @@ fn implied_mapping(flavor: Flavor) -> Result<()> {
     let id = unique_id("implied-running");
     let mut spec = userns_spec(&env, &id, &rootfs, "exec sleep 1000")?;
     add_mounts(&mut spec, vec![bind("/vol", &src, &["rbind", "idmap"])])?;
-    let pid = start_detached(&env, &id, &spec)?;
+    let pid = env.start_detached(&id, &spec)?;
     ensure!(
         !env.shim_pids()?.is_empty(),
         "{flavor}: no shim process of this containerd found while {id} runs"
