@@ -314,47 +314,54 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let Some(tempdir) = self.tempdir.take() else {
-            return;
-        };
-        let stop = Command::new(script("private-containerd.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
-        match &stop {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "!!! hack/private-containerd.sh stop {} failed ({}):\n{}",
-                self.dir.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!(
-                "!!! cannot run hack/private-containerd.sh stop {}: {e}",
-                self.dir.display()
-            ),
+        if let Some(tempdir) = self.tempdir.take() {
+            stop_and_remove("private-containerd.sh", &self.dir, tempdir);
         }
-        match mounts_under(&self.dir) {
-            Ok(mounts) if mounts.is_empty() => {
-                if let Err(e) = tempdir.close() {
-                    eprintln!("!!! cannot remove {}: {e}", self.dir.display());
-                }
+    }
+}
+
+/// Runs `hack/SCRIPT stop DIR`, then removes DIR only if nothing is mounted below it any more
+/// (otherwise it is kept, and what is still mounted said): never a removal through a mount.
+fn stop_and_remove(name: &str, dir: &Path, tempdir: tempfile::TempDir) {
+    match Command::new("bash")
+        .arg(script(name))
+        .arg("stop")
+        .arg(dir)
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "!!! hack/{name} stop {} failed ({}):\n{}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("!!! cannot run hack/{name} stop {}: {e}", dir.display()),
+    }
+    match mounts_under(dir) {
+        Ok(mounts) if mounts.is_empty() => {
+            if let Err(e) = tempdir.close() {
+                eprintln!("!!! cannot remove {}: {e}", dir.display());
             }
-            Ok(mounts) => {
-                let kept = tempdir.keep();
-                eprintln!(
-                    "!!! LEFT {} IN PLACE: still mounted below it: {}. Unmount these, then remove it.",
-                    kept.display(),
-                    mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            Err(e) => {
-                let kept = tempdir.keep();
-                eprintln!(
-                    "!!! LEFT {} IN PLACE: cannot check its mounts: {e:#}",
-                    kept.display()
-                );
-            }
+        }
+        Ok(mounts) => {
+            let kept = tempdir.keep();
+            eprintln!(
+                "!!! LEFT {} IN PLACE: still mounted below it: {}. Unmount these, then remove it.",
+                kept.display(),
+                mounts
+                    .iter()
+                    .map(|m| m.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Err(e) => {
+            let kept = tempdir.keep();
+            eprintln!(
+                "!!! LEFT {} IN PLACE: cannot check its mounts: {e:#}",
+                kept.display()
+            );
         }
     }
 }
@@ -762,48 +769,8 @@ impl KubeletNode {
 
 impl Drop for KubeletNode {
     fn drop(&mut self) {
-        let Some(tempdir) = self.tempdir.take() else {
-            return;
-        };
-        match Command::new("bash")
-            .arg(script("private-kubelet.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "!!! hack/private-kubelet.sh stop {} failed ({}):\n{}",
-                self.dir.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!(
-                "!!! cannot run hack/private-kubelet.sh stop {}: {e}",
-                self.dir.display()
-            ),
-        }
-        match mounts_under(&self.dir) {
-            Ok(mounts) if mounts.is_empty() => {
-                if let Err(e) = tempdir.close() {
-                    eprintln!("!!! cannot remove {}: {e}", self.dir.display());
-                }
-            }
-            Ok(mounts) => {
-                let kept = tempdir.keep();
-                eprintln!(
-                    "!!! LEFT {} IN PLACE: still mounted below it: {}. Unmount these, then remove it.",
-                    kept.display(),
-                    mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            Err(e) => {
-                let kept = tempdir.keep();
-                eprintln!(
-                    "!!! LEFT {} IN PLACE: cannot check its mounts: {e:#}",
-                    kept.display()
-                );
-            }
+        if let Some(tempdir) = self.tempdir.take() {
+            stop_and_remove("private-kubelet.sh", &self.dir, tempdir);
         }
     }
 }
